@@ -1,0 +1,119 @@
+"""Image -> input tensor, exactly as the model was trained.
+
+This module is the single preprocessing path for evaluation during training,
+for ONNX/TensorRT parity checks and for the microscope runtime, so the three
+cannot drift. It needs only numpy and OpenCV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from leukedge.runtime.images import to_bgr_uint8
+from leukedge.spec import ModelSpec
+
+
+def _interpolation(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
+    """Area averaging when shrinking (no aliasing), bilinear when enlarging."""
+    shrinking = dst_hw[0] * dst_hw[1] < src_hw[0] * src_hw[1]
+    return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+
+
+def resize_to_input(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Resize an 8-bit BGR image to ``spec.input_size`` square by ``spec.resize``.
+
+    - ``stretch``: scale each axis to the input size (aspect ratio not kept);
+    - ``letterbox``: keep aspect ratio, pad with black (the masked-cell background);
+    - ``center_crop``: keep aspect ratio, scale the short side, crop the centre.
+    """
+    s = spec.input_size
+    h, w = image.shape[:2]
+    if spec.resize == "stretch":
+        return cv2.resize(image, (s, s), interpolation=_interpolation((h, w), (s, s)))
+    if spec.resize == "letterbox":
+        scale = s / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        small = cv2.resize(image, (nw, nh), interpolation=_interpolation((h, w), (nh, nw)))
+        out = np.zeros((s, s, 3), dtype=np.uint8)
+        y0, x0 = (s - nh) // 2, (s - nw) // 2
+        out[y0 : y0 + nh, x0 : x0 + nw] = small
+        return out
+    # center_crop
+    scale = s / min(h, w)
+    nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+    big = cv2.resize(image, (nw, nh), interpolation=_interpolation((h, w), (nh, nw)))
+    y0, x0 = (nh - s) // 2, (nw - s) // 2
+    return np.ascontiguousarray(big[y0 : y0 + s, x0 : x0 + s])
+
+
+def normalize(image_bgr: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """8-bit BGR (H, W, 3) at input size -> float32 (3, H, W) in the spec's order and scale."""
+    img = image_bgr[:, :, ::-1] if spec.channel_order == "RGB" else image_bgr
+    x = img.astype(np.float32) * np.float32(1.0 / 255.0)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    inv_std = np.float32(1.0) / np.asarray(spec.std, dtype=np.float32)
+    x = (x - mean) * inv_std
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Any decoded image -> float32 (3, S, S) tensor for the model described by ``spec``."""
+    bgr = to_bgr_uint8(image)
+    return normalize(resize_to_input(bgr, spec), spec)
+
+
+def preprocess_batch(images: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarray:
+    """A list of images -> float32 (N, 3, S, S), contiguous, ready for any backend."""
+    out = np.empty((len(images), *spec.input_shape), dtype=np.float32)
+    for i, image in enumerate(images):
+        out[i] = preprocess(image, spec)
+    return out
+
+
+def crop_side_for(diameter_px: float, spec: ModelSpec) -> int:
+    """Side of the square crop that shows a cell of ``diameter_px`` at the training scale."""
+    return max(8, int(round(diameter_px / spec.cell_fraction)))
+
+
+def crop_cell(
+    frame_bgr: np.ndarray,
+    box: tuple[int, int, int, int],
+    spec: ModelSpec,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Cut one cell out of a camera frame the way the model's training images showed cells.
+
+    ``box`` is (x0, y0, x1, y1) in frame pixels (x1, y1 exclusive); ``mask`` is the
+    cell's boolean mask over that box. The crop is a square centred on the box whose
+    side is the cell diameter divided by ``spec.cell_fraction``; parts outside the
+    frame are black. For ``masked`` specs every pixel outside the cell mask is black
+    too, like C-NMC's segmented cells.
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
+    bw, bh = max(1, x1 - x0), max(1, y1 - y0)
+    side = crop_side_for(max(bw, bh), spec)
+    cx, cy = x0 + bw / 2.0, y0 + bh / 2.0
+    sx0, sy0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
+    out = np.zeros((side, side, 3), dtype=np.uint8)
+    fh, fw = frame_bgr.shape[:2]
+    fx0, fy0 = max(0, sx0), max(0, sy0)
+    fx1, fy1 = min(fw, sx0 + side), min(fh, sy0 + side)
+    if fx1 > fx0 and fy1 > fy0:
+        out[fy0 - sy0 : fy1 - sy0, fx0 - sx0 : fx1 - sx0] = frame_bgr[fy0:fy1, fx0:fx1]
+    if spec.crop_style == "masked":
+        keep = np.zeros((side, side), dtype=bool)
+        if mask is not None:
+            m = np.asarray(mask, dtype=bool)
+            # Place the box mask into crop coordinates, clipped to the crop.
+            my0, mx0 = y0 - sy0, x0 - sx0
+            ys0, xs0 = max(0, my0), max(0, mx0)
+            ys1, xs1 = min(side, my0 + m.shape[0]), min(side, mx0 + m.shape[1])
+            if ys1 > ys0 and xs1 > xs0:
+                keep[ys0:ys1, xs0:xs1] = m[ys0 - my0 : ys1 - my0, xs0 - mx0 : xs1 - mx0]
+        else:
+            keep[max(0, y0 - sy0) : y1 - sy0, max(0, x0 - sx0) : x1 - sx0] = True
+        out[~keep] = 0
+    return out

@@ -1,0 +1,178 @@
+"""The three classifiers, and any timm model by name.
+
+| name         | what                                                        |
+|--------------|-------------------------------------------------------------|
+| ``cnn``      | 4 conv blocks (conv-BN-ReLU x2 + max-pool), global pool, FC  |
+| ``resnet50`` | timm ``resnet50``                                            |
+| ``vit-hybrid`` | timm ``vit_small_r26_s32_224``: ResNet-26 stem + ViT-S/32  |
+
+Every model is built with timm's ``exportable=True`` so its graph has no
+dynamic SAME padding where a static form exists, which ONNX and TensorRT need.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from leukedge.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+
+ALIASES = {
+    "resnet50": "resnet50",
+    "vit-hybrid": "vit_small_r26_s32_224",
+}
+BUILTIN = ("cnn", "resnet50", "vit-hybrid")
+
+
+class PretrainedError(RuntimeError):
+    """Pretrained weights that cannot be found or do not fit."""
+
+
+class SimpleCNN(nn.Module):
+    """The paper's baseline: small, fast on CPU, a sanity check for the pipeline."""
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        widths: tuple[int, ...] = (32, 64, 128, 256),
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for w in widths:
+            layers += [
+                nn.Conv2d(c_in, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            c_in = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)))
+
+
+def timm_name(arch: str) -> str | None:
+    """The timm model name behind ``arch`` (None for the built-in CNN)."""
+    if arch == "cnn":
+        return None
+    return ALIASES.get(arch, arch)
+
+
+def _timm_accepts_img_size(name: str) -> bool:
+    return name.startswith(("vit", "deit", "beit", "eva", "swin", "convit", "cait", "xcit"))
+
+
+def build_model(
+    arch: str, num_classes: int, input_size: int = 224, pretrained: str | None = None
+) -> nn.Module:
+    """Build a classifier; ``pretrained`` is None, ``"timm"`` (hub weights) or a local file."""
+    if arch == "cnn":
+        model: nn.Module = SimpleCNN(num_classes)
+        if pretrained:
+            load_pretrained_file(model, pretrained)
+        return model
+    import timm
+
+    name = timm_name(arch)
+    if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
+        raise ValueError(
+            f"unknown model {arch!r}: use one of {', '.join(BUILTIN)} or a timm model name "
+            "(see timm.list_models())"
+        )
+    kwargs = {"num_classes": num_classes, "exportable": True}
+    if _timm_accepts_img_size(name):
+        kwargs["img_size"] = input_size
+    if pretrained == "timm":
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as e:  # hub unreachable, no weights for this name, ...
+            raise PretrainedError(
+                f"could not load timm weights for {name} ({type(e).__name__}: {e}). Without "
+                "network access, download the weights elsewhere and pass --pretrained PATH "
+                "(a .pth/.bin/.safetensors state dict)"
+            ) from e
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    if pretrained:
+        load_pretrained_file(model, pretrained)
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file, loaded with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainedError(f"pretrained weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise PretrainedError(f"{path} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_pretrained_file(model: nn.Module, path: str | Path) -> list[str]:
+    """Load matching tensors from a local file; the classifier head may differ in size.
+
+    Returns the names of parameters left at their initial values, and refuses a file
+    that fits less than half of the model (almost certainly the wrong architecture).
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(fitting) < 0.5 * len(own):
+        raise PretrainedError(
+            f"{path} fits only {len(fitting)} of {len(own)} tensors of this model: "
+            "wrong architecture?"
+        )
+    model.load_state_dict(fitting, strict=False)
+    return sorted(set(own) - set(fitting))
+
+
+def default_spec(
+    arch: str,
+    classes: list[str],
+    positive_class: str,
+    input_size: int,
+    crop_style: str,
+    cell_fraction: float,
+    dataset: str | None = None,
+) -> ModelSpec:
+    """The ModelSpec a new model of ``arch`` is trained with."""
+    return ModelSpec(
+        arch=arch,
+        backbone=timm_name(arch),
+        classes=list(classes),
+        positive_class=positive_class,
+        input_size=input_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        channel_order="RGB",
+        resize="stretch",
+        crop_style=crop_style,
+        cell_fraction=cell_fraction,
+        dataset=dataset,
+    )
+
+
+def model_from_spec(spec: ModelSpec) -> nn.Module:
+    """An untrained model of the spec's architecture, ready for ``load_state_dict``."""
+    return build_model(spec.arch, spec.num_classes, spec.input_size)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
