@@ -139,3 +139,34 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     centre = (p + z * z / (2 * n)) / den
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def logit_parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    """How closely ``candidate`` logits follow ``reference`` logits, image by image.
+
+    Top-1 agreement is what a user sees change; the |Δlogit| statistics and the
+    cosine similarity show how close a compiled model is before argmax hides it.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != cand.shape:
+        raise ValueError(f"logit shapes differ: {ref.shape} vs {cand.shape}")
+    if ref.shape[0] == 0:
+        raise ValueError("no logits to compare")
+    delta = np.abs(ref - cand)
+    per_image = delta.max(axis=1)
+    dot = (ref * cand).sum(axis=1)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    cosine = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 1.0)
+    agree = ref.argmax(axis=1) == cand.argmax(axis=1)
+    return {
+        "n": int(ref.shape[0]),
+        "agreement": float(agree.mean()),
+        "disagreements": int((~agree).sum()),
+        "max_abs_diff": float(delta.max()),
+        "mean_abs_diff": float(delta.mean()),
+        "p99_abs_diff": float(np.percentile(per_image, 99)),
+        "cosine_min": float(cosine.min()),
+        "cosine_mean": float(cosine.mean()),
+        "all_finite": bool(np.isfinite(cand).all()),
+    }
