@@ -204,6 +204,7 @@ def parse_class_folders(
 
 def parse_synthetic(path: Path) -> Dataset:
     ds = parse_class_folders(path / "cells", layout="synthetic")
+    ds.root = path  # the synth folder is what users pass as --data
     ds.notes.append("synthetic data: for demos and tests, never reported as accuracy on real data")
     return ds
 

@@ -2,7 +2,7 @@
 
 | name         | what                                                        |
 |--------------|-------------------------------------------------------------|
-| ``cnn``      | 4 conv blocks (conv-BN-ReLU x2 + max-pool), global pool, FC  |
+| ``cnn``      | 4 blocks of conv-BN-ReLU + max-pool, global pool, FC         |
 | ``resnet50`` | timm ``resnet50``                                            |
 | ``vit-hybrid`` | timm ``vit_small_r26_s32_224``: ResNet-26 stem + ViT-S/32  |
 
@@ -45,9 +45,6 @@ class SimpleCNN(nn.Module):
         for w in widths:
             layers += [
                 nn.Conv2d(c_in, w, 3, padding=1, bias=False),
-                nn.BatchNorm2d(w),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(w, w, 3, padding=1, bias=False),
                 nn.BatchNorm2d(w),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),

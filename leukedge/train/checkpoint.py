@@ -1,0 +1,37 @@
+"""Checkpoints that survive a kill and load with ``torch.load(weights_only=True)``.
+
+``checkpoint.pt`` holds the best weights only (a plain state_dict), what export
+and evaluation need. ``last.pt`` holds everything ``--resume`` needs to continue
+exactly where the last finished epoch left off: model, optimizer, schedule,
+early-stopping state, history and the torch RNG state. Only tensors and plain
+Python values go in, so the safe loader accepts them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from leukedge.io import atomic_path
+
+
+def save_weights(path: str | Path, model: torch.nn.Module) -> None:
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside DistributedDataParallel (state_dict keys without ``module.``)."""
+    return model.module if hasattr(model, "module") else model

@@ -1,0 +1,94 @@
+"""Evaluation of a PyTorch model on records: logits, metrics, per-subject accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from leukedge.data.records import Record
+from leukedge.metrics import classification_metrics, softmax
+from leukedge.spec import ModelSpec
+from leukedge.train.dataset import CellDataset, make_loader
+
+
+@dataclass
+class Predictions:
+    logits: np.ndarray  # (N, C) float32
+    labels: np.ndarray  # (N,)
+    records: list[Record]
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    loss: float = float("nan")
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    records: Sequence[Record],
+    spec: ModelSpec,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    workers: int = 0,
+    loss_fn: nn.Module | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Predictions:
+    """Logits for every readable record, in record order (unreadable ones listed)."""
+    device = torch.device(device)
+    model.eval()
+    dataset = CellDataset(records, spec, train=False)
+    loader = make_loader(dataset, batch_size, shuffle=False, workers=workers)
+    logits, indices, errors = [], [], []
+    total_loss, seen = 0.0, 0
+    for batch in loader:
+        errors.extend(batch["errors"])
+        if batch["x"] is not None:
+            x = batch["x"].to(device)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                out = model(x).float()
+            if loss_fn is not None:
+                total_loss += float(loss_fn(out, batch["y"].to(device))) * len(x)
+                seen += len(x)
+            logits.append(out.cpu().numpy())
+            indices.append(batch["index"].numpy())
+        if progress:
+            progress(len(batch["errors"]) + (0 if batch["x"] is None else len(batch["x"])))
+    idx = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
+    kept = [dataset.records[i] for i in idx]
+    return Predictions(
+        logits=np.concatenate(logits).astype(np.float32)
+        if logits
+        else np.zeros((0, spec.num_classes), np.float32),
+        labels=np.asarray([r.label for r in kept], dtype=np.int64),
+        records=kept,
+        errors=errors,
+        loss=total_loss / seen if seen else float("nan"),
+    )
+
+
+def per_subject_accuracy(pred: Predictions, classes: list[str]) -> dict[str, dict[str, Any]]:
+    """Accuracy per subject: a model that fails one patient entirely shows here."""
+    out: dict[str, dict[str, Any]] = {}
+    hits = pred.logits.argmax(axis=1) == pred.labels if len(pred.labels) else np.zeros(0, bool)
+    for i, r in enumerate(pred.records):
+        if r.subject is None:
+            continue
+        s = out.setdefault(r.subject, {"class": classes[r.label], "n": 0, "correct": 0})
+        s["n"] += 1
+        s["correct"] += int(hits[i])
+    for s in out.values():
+        s["accuracy"] = s["correct"] / s["n"]
+    return dict(sorted(out.items()))
+
+
+def metrics_of(pred: Predictions, spec: ModelSpec) -> dict[str, Any]:
+    if len(pred.labels) == 0:
+        raise ValueError("no readable images to evaluate")
+    m = classification_metrics(pred.labels, softmax(pred.logits), spec.classes, spec.positive_index)
+    m["loss"] = pred.loss
+    return m

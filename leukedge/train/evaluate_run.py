@@ -1,0 +1,89 @@
+"""`leukedge evaluate`: a run's best checkpoint on any split, or on another dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from leukedge.data.layouts import load_dataset
+from leukedge.data.splits import SPLITS, load_split
+from leukedge.io import atomic_write_json
+from leukedge.progress import Reporter
+from leukedge.rundir import RunDir, RunDirError
+from leukedge.train.evaluate import metrics_of, per_subject_accuracy, predict
+from leukedge.train.loop import Distributed, resolve_device
+
+EVAL_SPLITS = (*SPLITS, "all")
+
+
+def evaluate_run(
+    run_path: str | Path,
+    data: str | Path | None = None,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int = 2,
+    out: str | Path | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Metrics (+ per-subject accuracy) of the run's best checkpoint; written as JSON.
+
+    With ``data`` of another dataset whose files are not in the run's split, every
+    image of it is evaluated (``split`` must then be ``all`` or is treated so, and
+    the result says so).
+    """
+    reporter = reporter or Reporter()
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
+    run = RunDir(run_path)
+    run.require("spec.json", "checkpoint.pt")
+    spec = run.spec()
+    notes: list[str] = []
+    if data is None:
+        dataset, saved_split = run.dataset_and_split()
+    else:
+        dataset = load_dataset(data)
+        if dataset.classes != spec.classes:
+            raise RunDirError(
+                f"classes of {data} {dataset.classes} differ from the model's {spec.classes}"
+            )
+        saved_split = load_split(run.split_path, dataset) if run.split_path.is_file() else None
+        if saved_split is not None and not saved_split.assignment:
+            saved_split = None
+    if split == "all" or saved_split is None:
+        if split != "all":
+            notes.append(f"{dataset.root} is not the run's dataset: evaluating all its images")
+        records = list(dataset.records)
+        used = "all"
+    else:
+        records = saved_split.records(dataset, split)
+        used = split
+    if not records:
+        raise RunDirError(f"split {used!r} of {dataset.root} has no images")
+    torch_device = resolve_device(device, Distributed())
+    model = run.load_model().to(torch_device)
+    task = reporter.task(f"evaluate {used}", len(records))
+    pred = predict(
+        model,
+        records,
+        spec,
+        torch_device,
+        batch_size,
+        workers,
+        progress=lambda n: reporter.advance(task, n),
+    )
+    reporter.finish(task)
+    result = {
+        "run": str(run.path),
+        "data": str(dataset.root),
+        "layout": dataset.layout,
+        "split": used,
+        "notes": notes,
+        "metrics": metrics_of(pred, spec),
+        "per_subject": per_subject_accuracy(pred, spec.classes),
+        "skipped_files": [{"path": p, "problem": why} for p, why in pred.errors],
+    }
+    out = Path(out) if out else run.path / f"eval_{dataset.layout}_{used}.json"
+    atomic_write_json(out, result)
+    result["written_to"] = str(out)
+    return result

@@ -1,0 +1,439 @@
+"""The training loop behind `leukedge train`.
+
+One function, :func:`train`, from a :class:`TrainConfig` to a complete run dir.
+It runs as a single process or under ``torchrun`` (DDP; NCCL on GPUs, gloo on
+CPUs), resumes exactly from ``last.pt``, stops early on the validation
+weighted F1 (the C-NMC challenge metric) and ends by evaluating the best
+checkpoint on the test split.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from leukedge.data.cellscale import estimate_cell_fraction
+from leukedge.data.layouts import load_dataset
+from leukedge.data.records import Dataset
+from leukedge.data.splits import Split, load_split, make_split
+from leukedge.io import atomic_write_json, atomic_write_text
+from leukedge.progress import Reporter
+from leukedge.rundir import RunDir
+from leukedge.spec import ModelSpec
+from leukedge.train.checkpoint import (
+    load_training_state,
+    save_training_state,
+    save_weights,
+    unwrap,
+)
+from leukedge.train.config import LAYOUT_CROP_STYLE, TrainConfig
+from leukedge.train.dataset import CellDataset, make_loader
+from leukedge.train.evaluate import metrics_of, per_subject_accuracy, predict
+from leukedge.train.models import build_model, count_parameters, default_spec
+from leukedge.train.plots import plot_confusion, plot_curves
+
+HISTORY_FIELDS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_images_per_s",
+    "val_loss",
+    "val_accuracy",
+    "val_f1_weighted",
+    "val_balanced_accuracy",
+    "val_auroc",
+    "epoch_seconds",
+    "best",
+]
+
+
+class RunExistsError(FileExistsError):
+    """A run dir that already holds a run; refusing protects it from being overwritten."""
+
+
+@dataclass
+class Distributed:
+    """Where this process sits in a torchrun job (world of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, dist: Distributed) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "--device cuda asked for, but torch sees no CUDA GPU; use --device cpu"
+            )
+        if name == "cuda":
+            name = f"cuda:{dist.local_rank}"
+    return torch.device(name)
+
+
+def class_weights(dataset: Dataset, records: list, enabled: bool) -> torch.Tensor:
+    """Inverse-frequency weights on the train split (C-NMC is ~68% ALL)."""
+    counts = torch.zeros(len(dataset.classes))
+    for r in records:
+        counts[r.label] += 1
+    if not enabled or (counts == 0).any():
+        return torch.ones(len(dataset.classes))
+    return counts.sum() / (len(counts) * counts)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "adam":
+        groups[0]["weight_decay"] = 0.0
+        return torch.optim.Adam(groups, lr=cfg.resolved_lr())
+    return torch.optim.AdamW(groups, lr=cfg.resolved_lr())
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to 1% of the peak, stepped every batch."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        progress = (step - warm) / max(1, total - warm)
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _prepare_run(
+    cfg: TrainConfig, run: RunDir, resume: bool, reporter: Reporter
+) -> tuple[TrainConfig, Dataset, Split, ModelSpec]:
+    """Dataset, split and spec: new ones for a new run, the saved ones on resume."""
+    if resume:
+        run.require("config.json", "split.json", "spec.json")
+        saved = TrainConfig.from_dict(run.config())
+        saved.epochs, saved.workers, saved.device = cfg.epochs, cfg.workers, cfg.device
+        if cfg.data:
+            saved.data = cfg.data
+        cfg = saved
+        dataset = load_dataset(cfg.data, cfg.layout)
+        return cfg, dataset, load_split(run.split_path, dataset), run.spec()
+    if run.spec_path.exists() or run.last_path.exists():
+        raise RunExistsError(
+            f"{run.path} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    dataset = load_dataset(cfg.data, cfg.layout)
+    split = make_split(dataset, cfg.split, cfg.seed)
+    for w in split.warnings + dataset.notes:
+        reporter.log(f"[yellow]note:[/] {w}")
+    crop_style = cfg.crop_style or LAYOUT_CROP_STYLE.get(dataset.layout, "context")
+    train_records = split.records(dataset, "train")
+    if cfg.cell_fraction is None:
+        fraction, measured = estimate_cell_fraction(train_records, crop_style, seed=cfg.seed)
+        reporter.log(
+            f"cell fraction {fraction:.2f} ({crop_style} crops, measured on {measured} images)"
+        )
+    else:
+        fraction = cfg.cell_fraction
+    spec = default_spec(
+        cfg.model,
+        dataset.classes,
+        dataset.positive_class,
+        cfg.img_size,
+        crop_style,
+        fraction,
+        dataset=dataset.layout,
+    )
+    return cfg, dataset, split, spec
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _is_better(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Higher val weighted F1 wins; on a tie, lower val loss."""
+    if best is None:
+        return True
+    if row["val_f1_weighted"] > best["val_f1_weighted"] + 1e-6:
+        return True
+    return (
+        abs(row["val_f1_weighted"] - best["val_f1_weighted"]) <= 1e-6
+        and row["val_loss"] < best["val_loss"]
+    )
+
+
+def train(
+    cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None
+) -> dict[str, Any]:
+    """Train, validate every epoch, keep the best, evaluate it on test; returns metrics.json."""
+    reporter = reporter or Reporter()
+    cfg.validate()
+    dist = Distributed.from_env()
+    if dist.world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    device = resolve_device(cfg.device, dist)
+    run = RunDir(cfg.out)
+    if not dist.is_main:
+        reporter = Reporter()
+    cfg, dataset, split, spec = _prepare_run(cfg, run, resume, reporter)
+    if dist.world > 1:
+        torch.distributed.barrier()
+    if dist.is_main and not resume:
+        run.path.mkdir(parents=True, exist_ok=True)
+        split.save(run.split_path, dataset)
+        spec.save(run.spec_path)
+        atomic_write_json(run.config_path, cfg.to_dict())
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, spec.num_classes, spec.input_size, cfg.pretrained).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    train_records = split.records(dataset, "train")
+    val_records = split.records(dataset, "val")
+    test_records = split.records(dataset, "test")
+    if not train_records or not val_records:
+        raise ValueError(
+            f"split has {len(train_records)} train and {len(val_records)} val images; "
+            "both need at least one"
+        )
+    weights = class_weights(dataset, train_records, cfg.class_weights).to(device)
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    eval_loss = nn.CrossEntropyLoss(weight=weights)
+    train_set = CellDataset(train_records, spec, train=True, seed=cfg.seed)
+    sampler = (
+        torch.utils.data.distributed.DistributedSampler(
+            train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed
+        )
+        if dist.world > 1
+        else None
+    )
+    per_rank = math.ceil(len(train_set) / dist.world)
+    steps_per_epoch = max(1, per_rank // cfg.batch_size) if per_rank >= cfg.batch_size else 1
+    drop_last = per_rank >= cfg.batch_size  # BatchNorm needs >1 image; avoid a ragged tail batch
+    optimizer = make_optimizer(model, cfg)
+    schedule = make_schedule(optimizer, cfg, steps_per_epoch)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, history, best, stale = 1, [], None, 0
+    if resume and run.last_path.exists():
+        state = load_training_state(run.last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, history, stale = state["epoch"] + 1, state["history"], state["stale"]
+        best = state["best"]
+        reporter.log(f"resuming {run.path} after epoch {state['epoch']}")
+    ddp_model: nn.Module = model
+    if dist.world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    if dist.is_main:
+        reporter.log(
+            f"{cfg.model}: {count_parameters(model) / 1e6:.1f} M parameters on {device}"
+            f"{f' x{dist.world} processes' if dist.world > 1 else ''}; "
+            f"{len(train_records)} train / {len(val_records)} val / {len(test_records)} test "
+            f"images, split by {split.unit}"
+        )
+    skipped: dict[str, str] = {}
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        train_set.epoch = epoch
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        loader = make_loader(
+            train_set,
+            cfg.batch_size,
+            shuffle=True,
+            workers=cfg.workers,
+            generator=gen,
+            sampler=sampler,
+            drop_last=drop_last,
+        )
+        task = reporter.task(f"epoch {epoch}/{cfg.epochs}", len(train_records) // dist.world)
+        ddp_model.train()
+        total_loss, seen = 0.0, 0
+        for batch in loader:
+            skipped.update(dict(batch["errors"]))
+            if batch["x"] is None or len(batch["x"]) < 2:
+                continue
+            x = batch["x"].to(device, non_blocking=True)
+            y = batch["y"].to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = loss_fn(ddp_model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            total_loss += float(loss.detach()) * len(x)
+            seen += len(x)
+            rate = seen / max(1e-9, time.perf_counter() - t0)
+            reporter.advance(task, len(x), loss=f"{total_loss / seen:.3f}", img_s=f"{rate:.1f}")
+        reporter.finish(task)
+        train_seconds = time.perf_counter() - t0
+
+        stop = torch.zeros(1)
+        if dist.is_main:
+            val = predict(
+                model, val_records, spec, device, cfg.eval_batch_size, cfg.workers, eval_loss
+            )
+            skipped.update(dict(val.errors))
+            vm = metrics_of(val, spec)
+            row = {
+                "epoch": epoch,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": total_loss / max(1, seen),
+                "train_images_per_s": seen * dist.world / max(1e-9, train_seconds),
+                "val_loss": vm["loss"],
+                "val_accuracy": vm["accuracy"],
+                "val_f1_weighted": vm["f1_weighted"],
+                "val_balanced_accuracy": vm["balanced_accuracy"],
+                "val_auroc": vm["auroc"],
+                "epoch_seconds": time.perf_counter() - t0,
+            }
+            improved = _is_better(row, best)
+            row["best"] = int(improved)
+            history.append(row)
+            if improved:
+                best, stale = {k: row[k] for k in ("epoch", "val_f1_weighted", "val_loss")}, 0
+                save_weights(run.checkpoint_path, model)
+            else:
+                stale += 1
+            save_training_state(
+                run.last_path,
+                {
+                    "model": unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "epoch": epoch,
+                    "history": history,
+                    "best": best,
+                    "stale": stale,
+                },
+            )
+            _write_history(run.history_path, history)
+            plot_curves(history, run.path / "curves.png")
+            reporter.log(
+                f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  "
+                f"val acc {row['val_accuracy']:.3f}  F1w {row['val_f1_weighted']:.3f}  "
+                f"AUROC {row['val_auroc']:.3f}  "
+                f"{row['train_images_per_s']:.1f} img/s{'  *best*' if improved else ''}"
+            )
+            if stale >= cfg.patience:
+                reporter.log(f"early stop: no better val weighted F1 for {cfg.patience} epochs")
+                stop[0] = 1
+        if dist.world > 1:
+            torch.distributed.broadcast(stop, src=0)
+        if stop[0]:
+            break
+
+    result: dict[str, Any] = {}
+    if dist.is_main:
+        result = finish_run(
+            run, spec, split, dataset, test_records, device, cfg, history, best, skipped, reporter
+        )
+    if dist.world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def finish_run(
+    run: RunDir,
+    spec: ModelSpec,
+    split: Split,
+    dataset: Dataset,
+    test_records: list,
+    device: torch.device,
+    cfg: TrainConfig,
+    history: list[dict],
+    best: dict | None,
+    skipped: dict[str, str],
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """Evaluate the best checkpoint on test and write metrics.json + confusion.png."""
+    model = run.load_model().to(device)
+    best_row = next((h for h in history if best and h["epoch"] == best["epoch"]), None)
+    result: dict[str, Any] = {
+        "model": cfg.model,
+        "backbone": spec.backbone,
+        "parameters": count_parameters(model),
+        "best_epoch": best["epoch"] if best else None,
+        "epochs_run": len(history),
+        "split_unit": split.unit,
+        "split_mode": split.mode,
+        "split_counts": split.counts(dataset),
+        "train_images_per_s": (
+            sum(h["train_images_per_s"] for h in history) / len(history) if history else None
+        ),
+        "wall_seconds": sum(h["epoch_seconds"] for h in history),
+        "val": {k: best_row[k] for k in ("val_accuracy", "val_f1_weighted", "val_auroc")}
+        if best_row
+        else None,
+        "test": None,
+    }
+    if test_records:
+        pred = predict(model, test_records, spec, device, cfg.eval_batch_size, cfg.workers)
+        skipped.update(dict(pred.errors))
+        result["test"] = metrics_of(pred, spec)
+        result["test"]["per_subject"] = per_subject_accuracy(pred, spec.classes)
+        plot_confusion(result["test"]["confusion"], spec.classes, run.path / "confusion.png")
+    else:
+        reporter.log(
+            "[yellow]note:[/] the split has no test images; metrics.json holds no test figures"
+        )
+    result["skipped_files"] = [{"path": p, "problem": why} for p, why in sorted(skipped.items())]
+    atomic_write_json(run.metrics_path, result)
+    if skipped:
+        reporter.log(
+            f"[yellow]skipped {len(skipped)} unreadable file(s)[/]; listed in {run.metrics_path}"
+        )
+    return result

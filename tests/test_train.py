@@ -1,0 +1,223 @@
+"""Training: it learns, resumes exactly, survives bad files, runs under DDP (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from leukedge.progress import Reporter
+from leukedge.rundir import RunDir
+from leukedge.train.config import TrainConfig
+from leukedge.train.loop import RunExistsError, train
+from leukedge.train.models import build_model, load_pretrained_file
+
+
+def test_trained_run_is_complete_and_learned(trained_run: Path) -> None:
+    for name in (
+        "spec.json",
+        "checkpoint.pt",
+        "last.pt",
+        "split.json",
+        "config.json",
+        "history.csv",
+        "metrics.json",
+        "curves.png",
+        "confusion.png",
+    ):
+        assert (trained_run / name).stat().st_size > 0, name
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    # Synthetic classes overlap (about 95% is the ceiling); chance is 50%.
+    assert metrics["val"]["val_accuracy"] >= 0.75
+    assert metrics["test"]["accuracy"] >= 0.75
+    assert metrics["split_unit"] == "subject"
+    assert metrics["test"]["per_subject"]
+
+
+def test_checkpoints_load_with_weights_only(trained_run: Path) -> None:
+    state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    last = torch.load(trained_run / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "schedule", "epoch", "history"} <= set(last)
+    model = RunDir(trained_run).load_model()
+    assert not model.training
+
+
+def _cfg(data: Path, out: Path, epochs: int) -> TrainConfig:
+    return TrainConfig(
+        model="cnn",
+        data=str(data),
+        out=str(out),
+        epochs=epochs,
+        batch_size=16,
+        img_size=32,
+        workers=0,
+        seed=5,
+        patience=50,
+        lr=2e-3,
+    )
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
+    tmp_path: Path, synth_data: Path
+) -> None:
+    train(_cfg(synth_data, tmp_path / "straight", 3))
+
+    class CtrlCInEpoch3(Reporter):
+        def task(self, description: str, total: int | None) -> None:
+            if description.startswith("epoch 3/"):
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(synth_data, tmp_path / "resumed", 3), reporter=CtrlCInEpoch3())
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["epoch"] == 2
+    train(_cfg(synth_data, tmp_path / "resumed", 3), resume=True)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    hist = (tmp_path / "resumed" / "history.csv").read_text().strip().splitlines()
+    assert len(hist) == 1 + 3
+
+
+def test_existing_run_is_not_overwritten(trained_run: Path, synth_data: Path) -> None:
+    before = (trained_run / "checkpoint.pt").read_bytes()
+    with pytest.raises(RunExistsError, match="--resume"):
+        train(_cfg(synth_data, trained_run, 1))
+    assert (trained_run / "checkpoint.pt").read_bytes() == before
+
+
+def test_unreadable_images_are_skipped_and_listed(tmp_path: Path, synth_data: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synth_data / "cells", data)
+    victims = sorted((data / "all").glob("*.png"))[:2]
+    victims[0].write_bytes(b"")
+    victims[1].write_bytes(victims[1].read_bytes()[:50])
+    metrics = train(_cfg(data, tmp_path / "run", 1))
+    listed = {Path(s["path"]).name for s in metrics["skipped_files"]}
+    assert {v.name for v in victims} <= listed
+
+
+def test_pretrained_local_file_loads_and_wrong_arch_is_refused(tmp_path: Path) -> None:
+    src = build_model("cnn", 5, 32)
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    dst = build_model("cnn", 2, 32)
+    left = load_pretrained_file(dst, tmp_path / "w.pt")
+    assert left == ["head.2.bias", "head.2.weight"]  # only the differently sized head
+    assert torch.equal(dst.features[0].weight, src.features[0].weight)
+    from leukedge.train.models import PretrainedError
+
+    with pytest.raises(PretrainedError, match="wrong architecture"):
+        load_pretrained_file(build_model("resnet50", 2, 32), tmp_path / "w.pt")
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "vit-hybrid"])
+def test_timm_models_take_one_training_step(arch: str) -> None:
+    model = build_model(arch, 2, 64)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(2, 3, 64, 64)
+    loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1]))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+
+
+def test_ddp_two_gloo_processes(tmp_path: Path, synth_data: Path) -> None:
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(29500 + os.getpid() % 1000),
+        "-m",
+        "leukedge",
+        "train",
+        "--data",
+        str(synth_data),
+        "--out",
+        str(out),
+        "--model",
+        "cnn",
+        "--epochs",
+        "1",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and metrics["test"]["n"] > 0
+
+
+def test_cli_help_of_every_command() -> None:
+    from typer.testing import CliRunner
+
+    from leukedge.cli import app
+
+    runner = CliRunner()
+    commands = [
+        [],
+        ["data"],
+        ["data", "check"],
+        ["data", "synth"],
+        ["train"],
+        ["evaluate"],
+        ["demo"],
+    ]
+    commands += [[c] for c in ("export", "build-engine", "run", "bench") if _has_command(c)]
+    for cmd in commands:
+        result = runner.invoke(app, [*cmd, "--help"])
+        assert result.exit_code == 0, (cmd, result.output)
+        assert "Usage" in result.output
+
+
+def _has_command(name: str) -> bool:
+    from leukedge.cli import app
+
+    return any(
+        (c.name or c.callback.__name__.replace("_", "-")) == name for c in app.registered_commands
+    )
+
+
+def test_cli_evaluate_and_bad_data_message(trained_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from leukedge.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["evaluate", str(trained_run), "--split", "val", "--json", "--workers", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["metrics"]["n"] > 0
+    (tmp_path / "nothing").mkdir()
+    bad = runner.invoke(app, ["data", "check", str(tmp_path / "nothing")])
+    assert bad.exit_code == 2 and "no known dataset layout" in bad.output
+
+
+def test_corrupt_frame_png_reads_as_clear_error(tmp_path: Path) -> None:
+    from leukedge.runtime.images import ImageReadError, read_image
+
+    ok, buf = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "cut.png").write_bytes(buf.tobytes()[:-20])
+    with pytest.raises(ImageReadError, match="truncated PNG"):
+        read_image(tmp_path / "cut.png")
