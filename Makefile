@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/leukedge demo --out $(DEMO_OUT)
 
+# pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	@$(PY) -m pytest -q -ra; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
+	exit $$rc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check leukedge tests benchmarks

@@ -23,11 +23,11 @@ def shared_data(sub: str) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """240 synthetic cells (12 subjects) and 4 frames, 64 px crops."""
+    """240 synthetic cells of 12 subjects (20 each) and 4 frames, 64 px crops."""
     from leukedge.data.synth import synthesize
 
     out = tmp_path_factory.mktemp("synth")
-    synthesize(out, n=240, frames=4, seed=0, cell_size=64)
+    synthesize(out, n=240, frames=4, seed=0, cell_size=64, n_subjects=12)
     return out
 
 

@@ -221,3 +221,17 @@ def test_corrupt_frame_png_reads_as_clear_error(tmp_path: Path) -> None:
     (tmp_path / "cut.png").write_bytes(buf.tobytes()[:-20])
     with pytest.raises(ImageReadError, match="truncated PNG"):
         read_image(tmp_path / "cut.png")
+
+
+def test_augmentation_is_seeded_and_keeps_masked_background_black() -> None:
+    from leukedge.spec import ModelSpec
+    from leukedge.train.augment import augment
+
+    img = np.zeros((80, 80, 3), np.uint8)
+    cv2.circle(img, (40, 40), 20, (160, 90, 200), -1)
+    spec = ModelSpec(arch="cnn", input_size=48, crop_style="masked")
+    a = augment(img, spec, np.random.default_rng([1, 2, 3]))
+    b = augment(img, spec, np.random.default_rng([1, 2, 3]))
+    c = augment(img, spec, np.random.default_rng([1, 2, 4]))
+    assert a.shape == (48, 48, 3) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a[0, 0].max() == 0 and a[24, 24].max() > 0

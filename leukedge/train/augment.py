@@ -1,7 +1,8 @@
 """Training augmentation on 8-bit images, before the shared normalisation.
 
-The paper's set (rotation, flips, zoom, brightness, contrast) as one affine warp
-plus a linear intensity change, done in OpenCV at the model's input size so it
+The paper's set (rotation, flips, zoom, brightness, contrast) plus a per-channel
+gain (stains and white balance differ between labs and slides) as one affine
+warp and one linear intensity change, done in OpenCV at the model's input size so it
 is cheap on a CPU. The result goes through the same ``normalize`` as evaluation
 images, so the only difference between train and eval inputs is the
 augmentation itself. Randomness comes from a generator seeded by (seed, epoch,
@@ -27,6 +28,7 @@ class AugmentConfig:
     zoom: tuple[float, float] = (0.9, 1.1)
     brightness: float = 0.15  # added offset, fraction of 255
     contrast: float = 0.15  # multiplicative change around the mean
+    color: float = 0.08  # per-channel gain in [1 - color, 1 + color]
 
 
 def augment(
@@ -52,7 +54,8 @@ def augment(
     img = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=0)
     alpha = 1.0 + float(rng.uniform(-cfg.contrast, cfg.contrast))
     beta = 255.0 * float(rng.uniform(-cfg.brightness, cfg.brightness))
-    out = img.astype(np.float32)
+    gains = (1.0 + rng.uniform(-cfg.color, cfg.color, 3)).astype(np.float32)
+    out = img.astype(np.float32) * gains
     if spec.crop_style == "masked":
         foreground = out.max(axis=2, keepdims=True) > 0
         mean = out[foreground[..., 0]].mean(axis=0) if foreground.any() else 0.0
