@@ -1,0 +1,318 @@
+"""Export benchmark: file sizes, export time, parity and CPU latency of each run's ONNX files.
+
+For every run dir given: ``leukedge.export.export_run`` (or the files already in
+``RUN/export`` with ``--reuse``), parity of FP32/FP16/INT8 ONNX against PyTorch on the
+run's *test* split (agreement, max/mean |Δlogit|, accuracy change; INT8 also as exact
+Q/DQ arithmetic), and batch-1 CPU latency of PyTorch eager, ONNX Runtime FP32 and ONNX
+Runtime INT8 measured side by side: one warm-up phase, then every iteration runs each
+backend once in rotating order on the same image, so a load spike on a shared machine
+hits all three alike. Medians of many iterations; torch and ONNX Runtime get the same
+thread count, and neither spins its idle threads (ONNX Runtime's
+``allow_spinning=0``, ``OMP_WAIT_POLICY=PASSIVE`` for torch): spinning threads of one
+would steal the cores of the other in an interleaved run.
+
+    python benchmarks/export_bench.py runs/allidb2-cnn runs/allidb2-resnet50 \\
+        --iterations 200 --threads 2
+
+Writes ``benchmarks/results/export.json`` and ``export.md`` (with the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata as md
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads its OpenMP
+
+from leukedge.data.arrays import load_image_set  # noqa: E402
+from leukedge.export.parity import (  # noqa: E402
+    compare,
+    onnx_logits,
+    reference_logits,
+    torch_logits,
+)
+from leukedge.export.pipeline import export_run  # noqa: E402
+from leukedge.io import atomic_write_json, atomic_write_text, read_json, sha256_file  # noqa: E402
+from leukedge.rundir import RunDir  # noqa: E402
+
+LATENCY_BACKENDS = ("torch", "ort-fp32", "ort-int8")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run directories (leukedge train output)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--split", default="test", help="split for parity (default: test)")
+    p.add_argument("--data", type=Path, default=None, help="the runs' data folder if it moved")
+    p.add_argument("--calib-method", default="minmax")
+    p.add_argument("--calib-size", type=int, default=None)
+    p.add_argument("--reuse", action="store_true", help="use RUN/export files when present")
+    p.add_argument("--iterations", type=int, default=200, help="timed iterations per backend")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    return p.parse_args(argv)
+
+
+# --- machine ---------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """What the latency figures depend on, the shared-machine load included."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("torch", "onnxruntime", "onnx", "timm", "numpy"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "isa": sorted(
+            f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimddp") if f in flags
+        ),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "versions": versions,
+    }
+
+
+# --- parity ----------------------------------------------------------------------------
+
+
+def ensure_export(run: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """export.json of the run: existing (``--reuse``, same checkpoint) or made now."""
+    path = run / "export" / "export.json"
+    if args.reuse and path.is_file():
+        record = read_json(path)
+        same = record.get("checkpoint_sha256") == sha256_file(run / "checkpoint.pt")
+        if same and {"fp32", "fp16", "int8"} <= set(record.get("files", {})):
+            return record
+    return export_run(
+        run, calib_method=args.calib_method, calib_size=args.calib_size, data=args.data
+    )
+
+
+def split_parity(run: Path, record: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Each ONNX file against PyTorch on ``args.split``."""
+    rd = RunDir(run)
+    spec = rd.spec()
+    dataset, split = rd.dataset_and_split(args.data)
+    images = load_image_set(split.records(dataset, args.split), spec)
+    if not len(images):
+        return {"split": args.split, "n": 0, "files": {}}
+    model = rd.load_model()
+    ref = torch_logits(model, images.x)
+    out: dict[str, Any] = {"split": args.split, "n": len(images), "files": {}}
+    for precision in record["files"]:
+        path = run / "export" / record["files"][precision]["file"]
+        entry = {"ort_cpu": compare(ref, onnx_logits(path, images.x, spec), images.labels, spec)}
+        if precision == "int8":
+            exact = reference_logits(path, images.x)
+            entry["qdq_reference"] = compare(ref, exact, images.labels, spec)
+        out["files"][precision] = entry
+    return out
+
+
+# --- latency ---------------------------------------------------------------------------
+
+
+def latency(run: Path, record: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Batch-1 latency of torch eager, ORT FP32 and ORT INT8, interleaved."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rd = RunDir(run)
+    spec = rd.spec()
+    model = rd.load_model()
+    files = record["files"]
+    fp32 = ort_runner(run / "export" / files["fp32"]["file"], args.threads)
+    int8 = ort_runner(run / "export" / files["int8"]["file"], args.threads)
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((8, 1, *spec.input_shape)).astype(np.float32)
+
+    def torch_call(x: np.ndarray) -> None:
+        with torch.inference_mode():
+            model(torch.from_numpy(x))
+
+    calls: dict[str, Callable[[np.ndarray], Any]] = {
+        "torch": torch_call,
+        "ort-fp32": fp32,
+        "ort-int8": int8,
+    }
+    for _ in range(args.warmup):
+        for call in calls.values():
+            call(pool[0])
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for i in range(args.iterations):
+        x = pool[i % len(pool)]
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            start = time.perf_counter()
+            calls[name](x)
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {
+        "batch": 1,
+        "threads": args.threads,
+        "iterations": args.iterations,
+        "warmup": args.warmup,
+        "ms": {name: summarize(t) for name, t in times.items()},
+    }
+
+
+def ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
+    """An ONNX Runtime session as the runtime backend opens it, minus idle-thread spinning."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
+
+
+def summarize(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {
+        "p50": float(np.median(a)),
+        "p90": float(np.percentile(a, 90)),
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+        "stdev": float(statistics.pstdev(ms)),
+    }
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
+    record = ensure_export(run, args)
+    files = record["files"]
+    return {
+        "run": str(run),
+        "arch": record["arch"],
+        "input_size": record["input_size"],
+        "files": {
+            p: {
+                "size_bytes": e["size_bytes"],
+                "sha256": e["sha256"],
+                "seconds": e.get("export_seconds")
+                or e.get("convert_seconds")
+                or e.get("quantize_seconds"),
+            }
+            for p, e in files.items()
+        },
+        "calibration": files["int8"].get("calibration"),
+        "export_warnings": record.get("warnings", []),
+        "parity": split_parity(run, record, args),
+        "latency": latency(run, record, args),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        "# Export benchmark",
+        "",
+        f"Generated {result['created']} by `benchmarks/export_bench.py`.",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, ISA {', '.join(m['isa']) or '-'};"
+        f" {m['os']}; Python {m['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+        + f". Load average at start: {m['load_average_at_start']}.",
+        "",
+        "## Files and parity against PyTorch",
+        "",
+        "| model | px | file | MB | made in s | split n | agreement | max abs Δ | mean abs Δ"
+        " | Δ accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        par = r["parity"]
+        for p, f in r["files"].items():
+            rows = par["files"].get(p, {})
+            for kind, q in rows.items():
+                label = p if kind == "ort_cpu" else f"{p} (Q/DQ exact)"
+                lines.append(
+                    f"| {r['arch']} | {r['input_size']} | {label} | {f['size_bytes'] / 1e6:.1f}"
+                    f" | {f['seconds'] if f['seconds'] is not None else '-'} | {par['n']}"
+                    f" | {q['agreement']:.4f} | {q['max_abs_diff']:.3g} | {q['mean_abs_diff']:.3g}"
+                    f" | {q.get('accuracy_delta', float('nan')):+.4f} |"
+                )
+    lines += [
+        "",
+        "## CPU latency, batch 1 (ms, median / p90; interleaved, no thread spinning)",
+        "",
+        "| model | px | threads | " + " | ".join(LATENCY_BACKENDS) + " |",
+        "|---|---|---|" + "---|" * len(LATENCY_BACKENDS),
+    ]
+    for r in result["runs"]:
+        lat = r["latency"]
+        cells = [f"{lat['ms'][b]['p50']:.2f} / {lat['ms'][b]['p90']:.2f}" for b in LATENCY_BACKENDS]
+        lines.append(
+            f"| {r['arch']} | {r['input_size']} | {lat['threads']} | {' | '.join(cells)} |"
+        )
+    lines += [
+        "",
+        "INT8 parity is given twice: as ONNX Runtime runs it on this CPU (its fused int8 kernels"
+        " saturate 16-bit sums on x86 without VNNI) and as exact Q/DQ arithmetic (graph"
+        " optimisations off), which is what TensorRT and VNNI/ARM kernels compute.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": {
+            "split": args.split,
+            "calib_method": args.calib_method,
+            "calib_size": args.calib_size,
+            "iterations": args.iterations,
+            "warmup": args.warmup,
+            "threads": args.threads,
+        },
+        "runs": [],
+    }
+    for run in args.runs:
+        print(f"[export_bench] {run}", flush=True)
+        result["runs"].append(bench_run(run, args))
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "export.json", result)
+    atomic_write_text(args.out / "export.md", markdown(result))
+    print(json.dumps({r["run"]: r["latency"]["ms"] for r in result["runs"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,378 @@
+"""``leukedge export RUN``: FP32, FP16 and INT8 ONNX files of a run, each measured.
+
+Writes into ``RUN/export/``::
+
+    model.fp32.onnx   the PyTorch model, opset >= 18, dynamic batch, ModelSpec embedded
+    model.fp16.onnx   fp16 weights/compute, float32 I/O (built strongly typed by TensorRT)
+    model.int8.onnx   Q/DQ, calibrated on the validation split
+    calibration.json  the INT8 ranges, reused while the FP32 file and settings match
+    export.json       every file with size, sha256, timings and parity against PyTorch
+
+Parity is measured on the run's validation split (the INT8 calibration images are
+part of it, so INT8 parity there is a best case; ``leukedge bench`` measures on the
+test split). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukedge.data.arrays import ImageSet, load_image_set, stratified_subset
+from leukedge.data.records import DatasetError, Record
+from leukedge.export import fp16 as fp16_mod
+from leukedge.export import int8 as int8_mod
+from leukedge.export.onnx_export import EXPORTER, ExportError, export_onnx
+from leukedge.export.parity import (
+    batch_check,
+    compare,
+    onnx_logits,
+    reference_logits,
+    torch_logits,
+)
+from leukedge.io import atomic_write_json, read_json, sha256_file
+from leukedge.rundir import RunDir, RunDirError
+from leukedge.spec import ModelSpec
+
+PRECISIONS = ("fp32", "fp16", "int8")
+EXPORT_JSON_VERSION = 1
+PARITY_SPLIT = "val"
+# Budgets from DESIGN.md ("Parity and latency"): beyond them export.json warns.
+FP32_MAX_ABS_DIFF = 1e-3
+FP16_MIN_AGREEMENT = 0.999
+INT8_MIN_AGREEMENT = 0.99
+INT8_MAX_ACCURACY_DROP = 0.01
+
+Progress = Callable[[str, int, int], None]
+
+
+def file_name(precision: str) -> str:
+    return f"model.{precision}.onnx"
+
+
+@dataclass
+class ValImages:
+    """The validation split, preprocessed once and shared by parity, fp16 checks and INT8."""
+
+    records: list[Record] = field(default_factory=list)
+    images: ImageSet | None = None
+    relpaths: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def x(self) -> np.ndarray | None:
+        return self.images.x if self.images is not None and len(self.images) else None
+
+
+def export_run(
+    run_dir: str | Path,
+    precisions: Sequence[str] | str = PRECISIONS,
+    calib_method: str = "minmax",
+    calib_size: int | None = None,
+    opset: int = 18,
+    data: str | Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Export a run to ONNX in ``precisions``; returns what was written to export.json."""
+    calib_method = calib_method.strip().lower()
+    wanted = _check_args(precisions, calib_method, calib_size)
+    run = RunDir(run_dir)
+    run.require("spec.json", "checkpoint.pt")
+    spec = run.spec()
+    out_dir = run.export_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tell = progress or (lambda stage, done, total: None)
+    warnings: list[str] = []
+    errors: dict[str, str] = {}
+
+    tell("load model", 0, 1)
+    model = run.load_model()
+    checkpoint_sha = sha256_file(run.checkpoint_path)
+    tell("load model", 1, 1)
+    val = _load_val(run, spec, data, warnings, tell)
+    ref = torch_logits(model, val.x) if val.x is not None else None
+    previous = _previous(out_dir, checkpoint_sha)
+    files: dict[str, dict[str, Any]] = {}
+
+    fp32_path = out_dir / file_name("fp32")
+    todo = [p for p in PRECISIONS if p in wanted or (p == "fp32" and "fp32" not in previous)]
+    if "fp32" not in todo:
+        files["fp32"] = previous["fp32"]
+    for precision in todo:
+        path = out_dir / file_name(precision)
+        try:
+            if precision == "fp32":
+                tell("export fp32", 0, 1)
+                files["fp32"] = _export_fp32(model, spec, fp32_path, opset, warnings)
+                tell("export fp32", 1, 1)
+            elif precision == "fp16":
+                tell("convert fp16", 0, 1)
+                files["fp16"] = _convert_fp16(fp32_path, path, val.x, warnings)
+                tell("convert fp16", 1, 1)
+            else:
+                files["int8"] = _quantize(
+                    fp32_path, path, out_dir, val, calib_method, calib_size, warnings, tell
+                )
+            if ref is not None:
+                tell(f"parity {precision}", 0, 1)
+                files[precision].update(_parity(precision, path, val, ref, spec))
+                tell(f"parity {precision}", 1, 1)
+            files[precision].update(_file_facts(path, precision))
+            if precision != "fp32":
+                files[precision]["source_sha256"] = files["fp32"]["sha256"]
+        except Exception as e:  # recorded in export.json, raised after the other files
+            if precision == "fp32":
+                raise
+            errors[precision] = f"{type(e).__name__}: {e}"
+    warnings += _budget_warnings(files)
+    record = _record(run, spec, checkpoint_sha, files, previous, val, warnings, errors)
+    tell("write export.json", 0, 1)
+    atomic_write_json(out_dir / "export.json", record)
+    tell("write export.json", 1, 1)
+    if errors:
+        raise ExportError(
+            "; ".join(f"{p}: {m}" for p, m in errors.items())
+            + f" (the other files and {out_dir / 'export.json'} were written)"
+        )
+    return record
+
+
+def _parity(
+    precision: str, path: Path, val: ValImages, ref: np.ndarray, spec: ModelSpec
+) -> dict[str, Any]:
+    """Parity through the runtime backend; for INT8 also the exact Q/DQ arithmetic."""
+    assert val.x is not None and val.images is not None
+    labels = val.images.labels
+    out = {"parity": compare(ref, onnx_logits(path, val.x, spec), labels, spec)}
+    if precision == "int8":
+        out["parity_qdq_reference"] = compare(ref, reference_logits(path, val.x), labels, spec)
+    return out
+
+
+def _check_args(
+    precisions: Sequence[str] | str, calib_method: str, calib_size: int | None
+) -> list[str]:
+    if isinstance(precisions, str):  # "fp32,int8" as typed on the command line
+        precisions = precisions.split(",")
+    wanted = [p.strip().lower() for p in precisions if p.strip()]
+    unknown = sorted(set(wanted) - set(PRECISIONS))
+    if unknown or not wanted:
+        raise ExportError(
+            f"unknown precision(s) {unknown or precisions}; choose from {', '.join(PRECISIONS)}"
+        )
+    int8_mod.method_enum(calib_method)
+    if calib_size is not None and calib_size < 1:
+        raise ExportError(f"--calib-size must be >= 1, got {calib_size}")
+    return wanted
+
+
+def _load_val(
+    run: RunDir, spec: ModelSpec, data: str | Path | None, warnings: list[str], tell: Progress
+) -> ValImages:
+    """The validation split's images, or an empty set with a warning when data is absent."""
+    try:
+        dataset, split = run.dataset_and_split(data)
+    except (RunDirError, DatasetError, OSError) as e:
+        warnings.append(f"no validation images ({e}): parity not measured, fp16 ranges not checked")
+        return ValImages()
+    records = split.records(dataset, PARITY_SPLIT)
+    if not records:
+        warnings.append("the validation split is empty: parity not measured")
+        return ValImages()
+    images = load_image_set(records, spec, progress=lambda i, n: tell("read images", i, n))
+    if images.skipped:
+        warnings.append(f"{len(images.skipped)} validation image(s) unreadable and skipped")
+    return ValImages(records, images, {r.path: dataset.relpath(r.path) for r in records})
+
+
+def _previous(out_dir: Path, checkpoint_sha: str) -> dict[str, dict[str, Any]]:
+    """Entries of an earlier export.json of the same checkpoint whose files are unchanged."""
+    path = out_dir / "export.json"
+    if not path.is_file():
+        return {}
+    try:
+        old = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    if old.get("checkpoint_sha256") != checkpoint_sha:
+        return {}
+    kept = {}
+    for precision, entry in old.get("files", {}).items():
+        f = out_dir / entry.get("file", "")
+        if f.is_file() and sha256_file(f) == entry.get("sha256"):
+            kept[precision] = entry
+    return kept
+
+
+def _export_fp32(
+    model: Any, spec: ModelSpec, path: Path, opset: int, warnings: list[str]
+) -> dict[str, Any]:
+    result = export_onnx(model, spec, path, opset)
+    warnings += result.warnings
+    batches = batch_check(path, model, spec)
+    worst = max(batches.values())
+    if worst > FP32_MAX_ABS_DIFF:
+        warnings.append(f"fp32 ONNX differs from PyTorch by {worst:.2e} on random batches")
+    return {
+        "exporter": EXPORTER,
+        "requested_opset": opset,
+        "export_seconds": round(result.seconds, 3),
+        "graph": result.graph,
+        "batch_check_max_abs_diff": batches,
+    }
+
+
+def _convert_fp16(
+    src: Path, dst: Path, x: np.ndarray | None, warnings: list[str]
+) -> dict[str, Any]:
+    result = fp16_mod.convert_fp16(src, dst, x)
+    warnings += [f"fp16: {w}" for w in result.warnings]
+    return {"convert_seconds": round(result.seconds, 3), **result.record()}
+
+
+def _quantize(
+    src: Path,
+    dst: Path,
+    out_dir: Path,
+    val: ValImages,
+    method: str,
+    calib_size: int | None,
+    warnings: list[str],
+    tell: Progress,
+) -> dict[str, Any]:
+    chosen = stratified_subset(val.records, calib_size) if calib_size else list(val.records)
+    rel = [val.relpaths[r.path] for r in chosen]
+
+    def images() -> tuple[np.ndarray, list[str]]:
+        assert val.images is not None
+        index = {p: i for i, p in enumerate(val.images.paths)}
+        keep = [index[r.path] for r in chosen if r.path in index]
+        return val.images.x[keep], [val.relpaths[val.images.paths[i]] for i in keep]
+
+    have_images = val.x is not None and bool(chosen)
+    result = int8_mod.quantize_int8(
+        src,
+        dst,
+        out_dir / "calibration.json",
+        method=method,
+        images=images if have_images else None,
+        image_count=len(chosen) if have_images else calib_size,
+        images_id=int8_mod.images_digest(rel) if have_images else None,
+        progress=lambda i, n: tell("calibrate int8", i, n),
+    )
+    warnings += [f"int8: {w}" for w in result.warnings]
+    return {
+        "quantize_seconds": round(result.seconds, 3),
+        "calibration_seconds": round(result.calibration_seconds, 3),
+        "calibration_reused": result.calibration_reused,
+        "calibration": result.calibration,
+        "excluded_nodes": result.excluded_nodes,
+        "excluded_reasons": result.excluded_reasons,
+        "preprocess": result.preprocess,
+        "settings": result.settings,
+    }
+
+
+def _file_facts(path: Path, precision: str) -> dict[str, Any]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return {
+        "file": path.name,
+        "precision": precision,
+        "opset": opset,
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+
+
+def _budget_warnings(files: dict[str, dict[str, Any]]) -> list[str]:
+    """DESIGN.md's parity budgets, checked on the file's own arithmetic.
+
+    INT8 is judged on the exact Q/DQ run; a much worse optimised ONNX Runtime run on
+    this CPU is reported separately, as a property of the CPU kernels.
+    """
+    out = []
+    for precision, entry in files.items():
+        parity = entry.get("parity_qdq_reference") or entry.get("parity")
+        if not parity:
+            continue
+        if not parity["all_finite"]:
+            out.append(f"{precision}: non-finite logits")
+        if precision == "fp32" and parity["max_abs_diff"] > FP32_MAX_ABS_DIFF:
+            out.append(f"fp32: max |Δlogit| {parity['max_abs_diff']:.2e} > {FP32_MAX_ABS_DIFF:g}")
+        if precision == "fp16" and parity["agreement"] < FP16_MIN_AGREEMENT:
+            out.append(f"fp16: agreement {parity['agreement']:.4f} < {FP16_MIN_AGREEMENT}")
+        if precision == "int8":
+            out += _int8_warnings(parity, entry["parity"])
+    return out
+
+
+def _int8_warnings(exact: dict[str, Any], cpu: dict[str, Any]) -> list[str]:
+    out = []
+    if exact["agreement"] < INT8_MIN_AGREEMENT:
+        out.append(f"int8: agreement {exact['agreement']:.4f} < {INT8_MIN_AGREEMENT}")
+    if exact.get("accuracy_delta", 0.0) < -INT8_MAX_ACCURACY_DROP:
+        out.append(f"int8: accuracy drops {-exact['accuracy_delta']:.4f}")
+    if (
+        cpu["agreement"] < exact["agreement"]
+        or cpu["max_abs_diff"] > 2 * exact["max_abs_diff"] + 0.1
+    ):
+        out.append(
+            f"int8: ONNX Runtime's optimised int8 kernels on this CPU deviate more "
+            f"(max |Δlogit| {cpu['max_abs_diff']:.3g}, agreement {cpu['agreement']:.4f}) than "
+            f"the Q/DQ arithmetic ({exact['max_abs_diff']:.3g}, {exact['agreement']:.4f}): "
+            "x86 CPUs without VNNI saturate int16 sums; TensorRT, VNNI and ARM do not"
+        )
+    return out
+
+
+def _versions() -> dict[str, str | None]:
+    import importlib.metadata as md
+
+    out: dict[str, str | None] = {}
+    for pkg in ("leukedge", "torch", "timm", "onnx", "onnxruntime", "onnxscript", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _record(
+    run: RunDir,
+    spec: ModelSpec,
+    checkpoint_sha: str,
+    files: dict[str, dict[str, Any]],
+    previous: dict[str, dict[str, Any]],
+    val: ValImages,
+    warnings: list[str],
+    errors: dict[str, str],
+) -> dict[str, Any]:
+    source = files["fp32"].get("sha256")
+    merged = {
+        p: previous[p]
+        for p in PRECISIONS
+        if p in previous and p not in files and previous[p].get("source_sha256") == source
+    }
+    merged.update({p: e for p, e in files.items() if p not in errors})
+    return {
+        "version": EXPORT_JSON_VERSION,
+        "run": str(run.path),
+        "arch": spec.arch,
+        "input_size": spec.input_size,
+        "classes": spec.classes,
+        "checkpoint_sha256": checkpoint_sha,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "parity_split": PARITY_SPLIT,
+        "parity_images": len(val.images) if val.images is not None else 0,
+        "files": {p: merged[p] for p in PRECISIONS if p in merged},
+        "warnings": warnings,
+        "errors": errors,
+    }
