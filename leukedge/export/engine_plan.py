@@ -1,0 +1,480 @@
+"""Where a TensorRT engine lives, what it was built from, and whether it may run here.
+
+A serialized TensorRT engine only runs on the TensorRT version and the GPU that
+built it. Everything that decides this (cache keys, folder and file names, the
+sidecar JSON written next to each engine, profile shapes, the compatibility
+check and the reuse decision) is plain Python here, so it is tested on machines
+without TensorRT and shared by the builder and the runtime.
+
+```
+engines/<trt-version>_<gpu-slug>_sm<cc>/
+  model.fp16.engine           serialized engine
+  model.fp16.engine.json      sidecar: ModelSpec, versions, GPU, ONNX sha256, flags, profile
+  model.fp16.dla0.engine      the same precision built for DLA core 0 (Jetson)
+  timing.cache                TensorRT tactic timings, shared by builds for this target
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from leukedge.io import read_json, sha256_file
+from leukedge.runtime.backends.base import BackendError, BackendUnavailable
+from leukedge.runtime.backends.ort import precision_of
+from leukedge.spec import INPUT_NAME, OUTPUT_NAME, ModelSpec, SpecError
+
+SIDECAR_FORMAT = "leukedge.engine"
+SIDECAR_VERSION = 1
+PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_SUFFIX = ".engine"
+SIDECAR_SUFFIX = ".json"
+TIMING_CACHE_NAME = "timing.cache"
+OPT_BATCH = 8
+
+TENSORRT_INSTALL_HINT = (
+    "TensorRT engines are built on the device that will run them (an engine only runs "
+    "with the TensorRT version and GPU that built it). On x86-64 or SBSA Linux with an "
+    "NVIDIA GPU: pip install 'leukedge[trt]'. On Jetson, TensorRT comes with JetPack: "
+    "sudo apt install python3-libnvinfer, and create the venv with "
+    "`python3 -m venv --system-site-packages .venv` so that it sees the system TensorRT. "
+    "Without TensorRT, run the exported model.*.onnx files with ONNX Runtime."
+)
+
+
+class TensorRTUnavailable(BackendUnavailable):
+    """TensorRT or an NVIDIA GPU is missing here; the message says how to get them."""
+
+
+class EngineMismatch(BackendError):
+    """An engine built for another TensorRT version or GPU than the one running it."""
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not turn an ONNX file into an engine; the message says why."""
+
+
+class SidecarError(BackendError):
+    """An engine sidecar that is missing, unreadable or from a newer leukedge."""
+
+
+# ---------------------------------------------------------------- names and slugs
+
+
+def normalize_cc(cc: str | tuple[int, int] | list[int]) -> str:
+    """Compute capability as ``"major.minor"`` from ``(8, 7)``, ``"8.7"`` or ``"sm87"``."""
+    if isinstance(cc, (tuple, list)):
+        if len(cc) != 2:
+            raise ValueError(f"compute capability needs (major, minor), got {cc!r}")
+        return f"{int(cc[0])}.{int(cc[1])}"
+    text = str(cc).strip().lower().removeprefix("sm_").removeprefix("sm")
+    m = re.fullmatch(r"(\d+)\.(\d+)", text)
+    if m:
+        return f"{int(m.group(1))}.{int(m.group(2))}"
+    if re.fullmatch(r"\d{2,3}", text):  # "87" -> 8.7, "100" -> 10.0 (minor is one digit)
+        return f"{int(text[:-1])}.{int(text[-1])}"
+    raise ValueError(f"not a compute capability: {cc!r} (expected e.g. '8.7' or (8, 7))")
+
+
+def sm_tag(cc: str | tuple[int, int]) -> str:
+    """``"8.7"`` -> ``"sm87"``, the usual CUDA spelling of a GPU architecture."""
+    major, minor = normalize_cc(cc).split(".")
+    return f"sm{major}{minor}"
+
+
+def gpu_slug(name: str) -> str:
+    """A folder-safe GPU name: ``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug or "unknown-gpu"
+
+
+def version_slug(version: str) -> str:
+    slug = re.sub(r"[^0-9A-Za-z.]+", "-", version.strip()).strip("-")
+    return slug or "unknown"
+
+
+def target_folder_name(trt_version: str, gpu_name: str, cc: str | tuple[int, int]) -> str:
+    """``<trt-version>_<gpu-slug>_sm<cc>``: one folder per place an engine can run."""
+    return f"{version_slug(trt_version)}_{gpu_slug(gpu_name)}_{sm_tag(cc)}"
+
+
+def engine_file_name(precision: str, dla_core: int | None = None) -> str:
+    """``model.<precision>.engine``; DLA engines get ``.dla<N>`` so they never replace GPU ones."""
+    check_precision(precision)
+    dla = "" if dla_core is None else f".dla{int(dla_core)}"
+    return f"model.{precision}{dla}{ENGINE_SUFFIX}"
+
+
+def sidecar_path_for(engine_path: str | Path) -> Path:
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
+
+
+def timing_cache_path(
+    engines_root: str | Path, trt_version: str, gpu_name: str, cc: str | tuple[int, int]
+) -> Path:
+    """The timing cache shared by every build for one (TensorRT version, GPU)."""
+    return Path(engines_root) / target_folder_name(trt_version, gpu_name, cc) / TIMING_CACHE_NAME
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def onnx_precision(path: str | Path) -> str:
+    """Precision of ``model.<precision>.onnx``; the ONNX graph, not a flag, carries it."""
+    return precision_of(path)
+
+
+def default_engines_root(onnx_path: str | Path) -> Path:
+    """``runs/NAME/engines`` for ``runs/NAME/export/*.onnx``, else ``<onnx folder>/engines``."""
+    onnx_path = Path(onnx_path)
+    parent = onnx_path.parent
+    if parent.name == "export" and (parent.parent / "spec.json").is_file():
+        return parent.parent / "engines"
+    return parent / "engines"
+
+
+# ---------------------------------------------------------------- flags, profile, key
+
+
+@dataclass(frozen=True)
+class BuildFlags:
+    """The build options that change the engine, so they are part of its cache key."""
+
+    max_batch: int = 32
+    workspace_mb: int | None = None
+    dla_core: int | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.max_batch) < 1:
+            raise ValueError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.workspace_mb is not None and int(self.workspace_mb) < 1:
+            raise ValueError(f"--workspace-mb must be >= 1, got {self.workspace_mb}")
+        if self.dla_core is not None and int(self.dla_core) < 0:
+            raise ValueError(f"--dla-core must be >= 0, got {self.dla_core}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildFlags:
+        return cls(
+            max_batch=int(data.get("max_batch", 32)),
+            workspace_mb=_opt_int(data.get("workspace_mb")),
+            dla_core=_opt_int(data.get("dla_core")),
+        )
+
+    def cli_args(self) -> list[str]:
+        args = ["--max-batch", str(self.max_batch)]
+        if self.workspace_mb is not None:
+            args += ["--workspace-mb", str(self.workspace_mb)]
+        if self.dla_core is not None:
+            args += ["--dla-core", str(self.dla_core)]
+        return args
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+@dataclass(frozen=True)
+class ProfileShapes:
+    """The one optimization profile of an engine: min / opt / max input shapes."""
+
+    input_name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.max[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_name": self.input_name,
+            "min": list(self.min),
+            "opt": list(self.opt),
+            "max": list(self.max),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProfileShapes:
+        return cls(
+            input_name=str(data["input_name"]),
+            min=tuple(int(v) for v in data["min"]),
+            opt=tuple(int(v) for v in data["opt"]),
+            max=tuple(int(v) for v in data["max"]),
+        )
+
+
+def profile_shapes(spec: ModelSpec, max_batch: int, input_name: str = INPUT_NAME) -> ProfileShapes:
+    """Batch 1 .. ``max_batch``, tuned for ``min(8, max_batch)``: a frame holds a few cells."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    chw = tuple(spec.input_shape)
+    return ProfileShapes(
+        input_name=input_name,
+        min=(1, *chw),
+        opt=(min(OPT_BATCH, max_batch), *chw),
+        max=(max_batch, *chw),
+    )
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything an engine depends on; two builds with equal keys give interchangeable engines."""
+
+    trt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    onnx_sha256: str
+    flags: BuildFlags = field(default_factory=BuildFlags)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compute_capability", normalize_cc(self.compute_capability))
+        check_precision(self.precision)
+
+    @property
+    def folder_name(self) -> str:
+        return target_folder_name(self.trt_version, self.gpu_name, self.compute_capability)
+
+    @property
+    def engine_name(self) -> str:
+        return engine_file_name(self.precision, self.flags.dla_core)
+
+    def engine_path(self, engines_root: str | Path) -> Path:
+        return Path(engines_root) / self.folder_name / self.engine_name
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["flags"] = self.flags.to_dict()
+        return d
+
+    def digest(self) -> str:
+        """A short stable hash of the whole key (for logs and reports)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def differences(self, other: EngineKey) -> list[str]:
+        """Human-readable list of what differs from ``other`` (``self`` is the wanted key)."""
+        out = []
+        for name, label in _KEY_LABELS:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                out.append(f"{label}: engine has {_short(theirs)}, wanted {_short(mine)}")
+        for name in ("max_batch", "workspace_mb", "dla_core"):
+            mine, theirs = getattr(self.flags, name), getattr(other.flags, name)
+            if mine != theirs:
+                out.append(f"{name}: engine has {theirs}, wanted {mine}")
+        return out
+
+
+_KEY_LABELS = (
+    ("trt_version", "TensorRT version"),
+    ("gpu_name", "GPU"),
+    ("compute_capability", "compute capability"),
+    ("precision", "precision"),
+    ("onnx_sha256", "ONNX sha256"),
+)
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:12] + "…" if re.fullmatch(r"[0-9a-f]{64}", text) else text
+
+
+# ---------------------------------------------------------------- sidecar
+
+
+@dataclass
+class EngineSidecar:
+    """The JSON written next to every engine: enough to run it and to know where it may run."""
+
+    spec: ModelSpec
+    precision: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    onnx_path: str
+    onnx_sha256: str
+    engine_file: str
+    engine_sha256: str
+    engine_bytes: int
+    build_flags: BuildFlags
+    profile: ProfileShapes
+    build_seconds: float
+    built_at: str
+    leukedge_version: str
+    output_name: str = OUTPUT_NAME
+    format: str = SIDECAR_FORMAT
+    format_version: int = SIDECAR_VERSION
+
+    def __post_init__(self) -> None:
+        self.compute_capability = normalize_cc(self.compute_capability)
+        check_precision(self.precision)
+
+    def key(self) -> EngineKey:
+        return EngineKey(
+            trt_version=self.tensorrt_version,
+            gpu_name=self.gpu_name,
+            compute_capability=self.compute_capability,
+            precision=self.precision,
+            onnx_sha256=self.onnx_sha256,
+            flags=self.build_flags,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["spec"] = self.spec.to_dict()
+        d["build_flags"] = self.build_flags.to_dict()
+        d["profile"] = self.profile.to_dict()
+        d["key"] = self.key().digest()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineSidecar:
+        if data.get("format") != SIDECAR_FORMAT:
+            raise SidecarError(f"not a leukedge engine sidecar (format={data.get('format')!r})")
+        if int(data.get("format_version", 0)) > SIDECAR_VERSION:
+            raise SidecarError(
+                f"engine sidecar version {data['format_version']} is newer than this leukedge "
+                f"understands ({SIDECAR_VERSION}); upgrade leukedge"
+            )
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        try:
+            kwargs["spec"] = ModelSpec.from_dict(data["spec"])
+            kwargs["build_flags"] = BuildFlags.from_dict(data["build_flags"])
+            kwargs["profile"] = ProfileShapes.from_dict(data["profile"])
+            return cls(**kwargs)
+        except (KeyError, TypeError, ValueError, SpecError) as e:
+            raise SidecarError(f"engine sidecar is incomplete or invalid: {e}") from e
+
+    def save(self, path: str | Path) -> Path:
+        from leukedge.io import atomic_write_json
+
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> EngineSidecar:
+        path = Path(path)
+        if not path.is_file():
+            raise SidecarError(f"no engine sidecar at {path}")
+        try:
+            data = read_json(path)
+        except (OSError, json.JSONDecodeError) as e:
+            raise SidecarError(f"cannot read engine sidecar {path}: {e}") from e
+        if not isinstance(data, dict):
+            raise SidecarError(f"engine sidecar {path} is not a JSON object")
+        return cls.from_dict(data)
+
+
+def load_sidecar_for(engine_path: str | Path) -> EngineSidecar:
+    """The sidecar of an engine, or a message that says how to get an engine that has one."""
+    engine_path = Path(engine_path)
+    side = sidecar_path_for(engine_path)
+    if not side.is_file():
+        raise SidecarError(
+            f"{engine_path} has no sidecar {side.name}: leukedge cannot tell which model, "
+            "TensorRT version and GPU it belongs to. Build engines with "
+            "`leukedge build-engine runs/NAME` (or MODEL.onnx)"
+        )
+    return EngineSidecar.load(side)
+
+
+# ---------------------------------------------------------------- compatibility and reuse
+
+
+def rebuild_command(sidecar: EngineSidecar) -> str:
+    """The exact ``leukedge build-engine`` call that rebuilds this engine on the current machine."""
+    onnx = Path(sidecar.onnx_path)
+    target = str(onnx.parent.parent) if onnx.parent.name == "export" else str(onnx)
+    args = ["leukedge", "build-engine", _quote(target), "--precision", sidecar.precision]
+    return " ".join(args + sidecar.build_flags.cli_args())
+
+
+def _quote(text: str) -> str:
+    return text if re.fullmatch(r"[\w./@%+=:,-]+", text) else "'" + text.replace("'", "'\\''") + "'"
+
+
+def check_engine_compatible(
+    sidecar: EngineSidecar,
+    runtime_trt_version: str,
+    gpu_name: str,
+    compute_capability: str | tuple[int, int],
+    engine_path: str | Path | None = None,
+) -> None:
+    """Refuse an engine built for another TensorRT version, GPU or compute capability.
+
+    TensorRT would either refuse to deserialize it with a terse error or, across
+    GPUs of one architecture, run it with tactics tuned for another card. The
+    message names both sides and the command that rebuilds the engine here.
+    """
+    cc = normalize_cc(compute_capability)
+    diffs = []
+    if sidecar.tensorrt_version != runtime_trt_version:
+        diffs.append(
+            f"TensorRT version: built with {sidecar.tensorrt_version}, "
+            f"this machine has {runtime_trt_version}"
+        )
+    if sidecar.gpu_name != gpu_name:
+        diffs.append(f"GPU: built on {sidecar.gpu_name}, this machine has {gpu_name}")
+    if sidecar.compute_capability != cc:
+        diffs.append(
+            f"compute capability: built for {sm_tag(sidecar.compute_capability)} "
+            f"({sidecar.compute_capability}), this GPU is {sm_tag(cc)} ({cc})"
+        )
+    if not diffs:
+        return
+    what = str(engine_path) if engine_path else sidecar.engine_file
+    raise EngineMismatch(
+        f"engine {what} was built for TensorRT {sidecar.tensorrt_version} on "
+        f"{sidecar.gpu_name} ({sm_tag(sidecar.compute_capability)}) and cannot run here "
+        f"(TensorRT {runtime_trt_version} on {gpu_name} ({sm_tag(cc)})). "
+        + "; ".join(diffs)
+        + ". A TensorRT engine only runs with the TensorRT version and GPU that built it. "
+        f"Rebuild it on this machine: {rebuild_command(sidecar)}"
+    )
+
+
+@dataclass(frozen=True)
+class ReuseDecision:
+    reuse: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.reuse
+
+
+def reuse_decision(engine_path: str | Path, wanted: EngineKey) -> ReuseDecision:
+    """May the engine already at ``engine_path`` stand in for a build with key ``wanted``?
+
+    Only if the engine and its sidecar are both there, the sidecar's key equals
+    ``wanted`` (same TensorRT, GPU, precision, ONNX sha256 and build flags) and the
+    engine file is byte for byte the one the sidecar describes.
+    """
+    engine_path = Path(engine_path)
+    if not engine_path.is_file():
+        return ReuseDecision(False, f"no engine at {engine_path}")
+    try:
+        sidecar = load_sidecar_for(engine_path)
+    except SidecarError as e:
+        return ReuseDecision(False, str(e))
+    diffs = wanted.differences(sidecar.key())
+    if diffs:
+        return ReuseDecision(False, "engine is out of date: " + "; ".join(diffs))
+    if engine_path.stat().st_size != sidecar.engine_bytes:
+        return ReuseDecision(False, f"{engine_path.name} does not match its sidecar (size)")
+    if sha256_file(engine_path) != sidecar.engine_sha256:
+        return ReuseDecision(False, f"{engine_path.name} does not match its sidecar (sha256)")
+    return ReuseDecision(True, f"up to date (key {wanted.digest()})")
