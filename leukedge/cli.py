@@ -17,6 +17,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from leukedge import __version__
@@ -40,7 +41,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from leukedge.data.records import DatasetError
     from leukedge.rundir import RunDirError
     from leukedge.runtime.backends.base import BackendError
+    from leukedge.runtime.display import DisplayUnavailable
     from leukedge.runtime.images import ImageReadError
+    from leukedge.runtime.sources import SourceError
     from leukedge.spec import SpecError
 
     known: list[type[BaseException]] = [
@@ -49,6 +52,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         BackendError,
         ImageReadError,
         SpecError,
+        SourceError,
+        DisplayUnavailable,
         FileExistsError,
         FileNotFoundError,
     ]
@@ -72,7 +77,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             err_console.print("[yellow]interrupted[/]: everything finished so far is saved")
             raise typer.Exit(130) from None
         except _known_errors() as e:
-            err_console.print(f"[bold red]error:[/] {e}")
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}")
             raise typer.Exit(2) from None
 
     return wrapper
@@ -187,7 +192,7 @@ def data_check(
         )
     console.print(f"sizes: {report['image_sizes']}  pixels: {report['pixel_formats']}")
     for w in report["warnings"]:
-        console.print(f"[yellow]note:[/] {w}")
+        console.print(f"[yellow]note:[/] {escape(w)}")
     for p in report["problems"][:20]:
         console.print(f"[red]problem:[/] {p['path']}: {p['problem']}")
     if len(report["problems"]) > 20:
@@ -341,7 +346,7 @@ def evaluate(
     with RichReporter(console) as rep:
         result = evaluate_run(run, data, split, device, batch_size, workers, out, rep)
     for note in result["notes"]:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(metrics_table(f"{result['split']} split of {result['data']}", result["metrics"]))
     console.print(confusion_table(result["metrics"]))
     if result["per_subject"]:
@@ -369,6 +374,310 @@ def demo(
     from leukedge.demo import run_demo
 
     run_demo(out, n=n, epochs=epochs, seed=seed, console=console)
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def _run_table(summary: dict[str, Any]) -> Table:
+    """The end-of-run numbers a lab reads first: counts, blast ratio, speed."""
+    table = Table(title=f"leukedge run: {summary['status']}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    frames, cells, br = summary["frames"], summary["cells"], summary["blast_ratio"]
+    table.add_row("frames", f"{frames['processed']} processed, {frames['skipped']} skipped")
+    by_class = ", ".join(f"{c} {n}" for c, n in cells["by_class"].items())
+    table.add_row("cells", f"{cells['total']} ({by_class}; {cells['touching_edge']} at the edge)")
+    if br["ratio"] is None:
+        table.add_row("blast ratio", "-")
+    else:
+        lo, hi = br["ci95"]
+        table.add_row("blast ratio", f"{br['ratio']:.3f}  (95% CI {lo:.3f}-{hi:.3f}, Wilson)")
+    fps = summary["throughput"]["frames_per_s"]
+    table.add_row("frames/s", _fmt(fps, 2))
+    b = summary["backend"]
+    table.add_row("backend", f"{b['chosen']} on {b['device']} ({b['reason']})")
+    return table
+
+
+def _latency_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="latency per stage (ms)")
+    for col in ("stage", "n", "p50", "p90", "p99", "max"):
+        table.add_column(col, justify="right")
+    for stage, s in summary["latency_ms"].items():
+        table.add_row(
+            stage, str(s["n"]), *(_fmt(s[k], 1) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms"))
+        )
+    return table
+
+
+@app.command("run")
+@friendly_errors
+def run_command(
+    model: Path = typer.Argument(
+        ..., help="Run dir (its export/model.*.onnx and engines/), an .onnx or an .engine."
+    ),
+    source: str = typer.Option(
+        ...,
+        "--source",
+        "-s",
+        help="Image, folder or glob of images, video file, camera:N, csi:N[:WxH@FPS], "
+        "rtsp://..., gst:PIPELINE.",
+    ),
+    backend: str = typer.Option(
+        "auto", help="auto (time every backend that runs here, keep the fastest) | ort | trt"
+    ),
+    precision: str = typer.Option("auto", help="auto | fp32 | fp16 | int8 (for a run dir)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: leukedge-run/<date-time>)."
+    ),
+    show: bool = typer.Option(
+        False, "--show", help="Live window with boxes, labels and counts (q or Esc quits)."
+    ),
+    cell_diameter_px: float | None = typer.Option(
+        None, "--cell-diameter-px", help="White-cell diameter in frame pixels (default: measured)."
+    ),
+    um_per_px: float | None = typer.Option(
+        None, "--um-per-px", help="Microns per pixel of the camera (instead of --cell-diameter-px)."
+    ),
+    batch: int = typer.Option(8, "--batch", min=1, help="Most cells classified in one batch."),
+    max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Stop after N frames."),
+    annotate: bool = typer.Option(
+        True, "--annotate/--no-annotate", help="Write annotated PNGs / annotated.mp4."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of tables."),
+) -> None:
+    """Find, classify and count white cells in frames; writes cells.jsonl, summary.json, annotated frames.
+
+    Ctrl-C (or q in the --show window) stops cleanly with every output written.
+    Exit code 1 when the source failed mid-stream (outputs up to then are kept).
+    Example: leukedge run runs/r50 --source camera:0 --show --um-per-px 0.25
+    """
+    import time
+
+    from leukedge.runtime.cells import CellFinder
+    from leukedge.runtime.classifier import Classifier
+    from leukedge.runtime.pipeline import run_pipeline
+    from leukedge.runtime.sources import open_source
+
+    if cell_diameter_px is not None and um_per_px is not None:
+        raise typer.BadParameter("give --cell-diameter-px or --um-per-px, not both")
+    if show:
+        from leukedge.runtime.display import require_display
+
+        require_display()
+    out = out or Path("leukedge-run") / time.strftime("%Y%m%d-%H%M%S")
+    src = open_source(source, max_frames=max_frames)
+    try:
+        if as_json:
+            clf = Classifier.load(model, backend, device, precision, batch)
+        else:
+            with console.status("choosing the backend (timing each candidate)"):
+                clf = Classifier.load(model, backend, device, precision, batch)
+            console.print(f"backend [bold]{clf.backend.name}[/]: {clf.selection.reason}")
+            for note in clf.selection.notes:
+                console.print(f"[yellow]note:[/] {escape(note)}")
+        finder = CellFinder.from_spec(
+            clf.spec, cell_diameter_px=cell_diameter_px, um_per_px=um_per_px
+        )
+        with clf:
+            summary = _run_with_progress(
+                lambda progress: run_pipeline(
+                    clf,
+                    src,
+                    out,
+                    finder=finder,
+                    batch=batch,
+                    annotate=annotate,
+                    show=show,
+                    progress=progress,
+                    model_name=str(model),
+                ),
+                src,
+                quiet=as_json,
+            )
+    finally:
+        src.close()
+    if as_json:
+        _print_json(summary)
+    else:
+        console.print(_run_table(summary))
+        console.print(_latency_table(summary))
+        for skip in summary["skipped_frames"][:10]:
+            console.print(f"[yellow]skipped[/] {skip['name']}: {skip['reason']}")
+        if summary["frames"]["skipped"] > 10:
+            console.print(f"... {summary['frames']['skipped'] - 10} more in summary.json")
+        if summary["message"]:
+            console.print(f"[yellow]{summary['status']}:[/] {summary['message']}")
+        console.print(f"outputs in [bold]{out}[/] (cells.jsonl, summary.json, annotated)")
+    if summary["status"] == "source_error":
+        raise typer.Exit(1)
+
+
+def _run_with_progress(
+    work: Callable[[Callable[[dict[str, Any]], None] | None], dict[str, Any]],
+    source: Any,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Run ``work`` with a live line of frames, cells, ALL count and frames/s."""
+    if quiet:
+        return work(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("[bold]frames"), BarColumn(), MofNCompleteColumn()]
+    columns += [TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("run", total=getattr(source, "total", None), info="")
+
+        def update(s: dict[str, Any]) -> None:
+            fps = f"{s['fps']:.1f}" if s["fps"] else "-"
+            info = (
+                f"cells {s['cells']}  {s['positive_class'].upper()} {s['positive']}  "
+                f"skipped {s['skipped']}  {fps} frames/s"
+            )
+            bar.update(task, completed=s["frames"], info=info)
+
+        return work(update)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+@app.command()
+@friendly_errors
+def export(
+    run: Path = typer.Argument(..., help="Run dir made by `leukedge train`."),
+    precision: str = typer.Option("fp32,fp16,int8", help="Comma list of fp32, fp16, int8."),
+    calib_method: str = typer.Option(
+        "minmax", help="INT8 calibration: minmax | entropy | percentile"
+    ),
+    calib_size: int | None = typer.Option(
+        None, help="Calibrate on N val images (stratified by class and subject); default all."
+    ),
+    opset: int = typer.Option(18, help="ONNX opset (>= 18: the exporter's lowest)."),
+    data: Path | None = typer.Option(None, help="The run's data, if it moved since training."),
+    as_json: bool = typer.Option(False, "--json", help="Print export.json."),
+) -> None:
+    """Export to ONNX: FP32, FP16 (I/O fp32) and INT8 Q/DQ calibrated on the validation split.
+
+    Writes RUN/export/model.{fp32,fp16,int8}.onnx, calibration.json and export.json with
+    each file's size, sha256 and parity against PyTorch on the validation split.
+    Example: leukedge export runs/r50 --precision fp16,int8 --calib-method entropy
+    """
+    from leukedge.export import export_run
+    from leukedge.export.onnx_export import ExportError
+    from leukedge.progress import RichReporter
+
+    if as_json:
+        record = export_run(run, precision, calib_method, calib_size, opset, data)
+        _print_json(record)
+        return
+    with RichReporter(console) as rep:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = rep.task(stage, total)
+            rep.progress.update(tasks[stage], completed=done, total=total)
+
+        try:
+            record = export_run(run, precision, calib_method, calib_size, opset, data, progress)
+        except ExportError as e:
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}")
+            record = None
+    if record is None:
+        raise typer.Exit(2)
+    console.print(export_table(record))
+    for w in record["warnings"]:
+        console.print(f"[yellow]note:[/] {escape(w)}")
+    console.print(f"written to {Path(run) / 'export'} (export.json has every figure)")
+    console.print(f"next: leukedge bench {run}   or on a Jetson: leukedge build-engine {run}")
+
+
+def export_table(record: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"{record['arch']} exported; parity vs PyTorch on {record['parity_images']} {record['parity_split']} images"
+    )
+    for col in ("precision", "MB", "agreement", "max |Δlogit|", "mean |Δlogit|", "Δ accuracy"):
+        table.add_column(col, justify="right")
+    for precision, entry in record["files"].items():
+        parity = entry.get("parity_qdq_reference") or entry.get("parity") or {}
+        table.add_row(
+            precision,
+            f"{entry['size_bytes'] / 1e6:.1f}",
+            _fmt(parity.get("agreement")),
+            _fmt_sci(parity.get("max_abs_diff")),
+            _fmt_sci(parity.get("mean_abs_diff")),
+            _fmt(parity.get("accuracy_delta")),
+        )
+    return table
+
+
+def _fmt_sci(v: Any) -> str:
+    return f"{v:.2e}" if isinstance(v, float) else "-"
+
+
+@app.command("build-engine")
+@friendly_errors
+def build_engine(
+    target: Path = typer.Argument(..., help="Run dir (uses its export/) or one MODEL.onnx."),
+    precision: str | None = typer.Option(
+        None, help="Comma list of fp16, int8, fp32 (default: every exported one)."
+    ),
+    max_batch: int = typer.Option(
+        32, help="Largest batch of the optimization profile (min 1, opt 8)."
+    ),
+    workspace_mb: int | None = typer.Option(None, help="Builder workspace limit in MiB."),
+    dla_core: int | None = typer.Option(
+        None, help="Build for this DLA core (Jetson AGX/NX), GPU fallback on."
+    ),
+    out: Path | None = typer.Option(None, help="Engines root (default: RUN/engines)."),
+    force: bool = typer.Option(
+        False, "--force", help="Rebuild even when a matching engine is cached."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", help="TensorRT's verbose log."),
+) -> None:
+    """Build TensorRT engines from the exported ONNX, on the device that will run them.
+
+    Precision lives in the ONNX graph (FP16 weights, INT8 Q/DQ): engines are built strongly
+    typed, cached by (TensorRT version, GPU, precision, ONNX sha256, flags) under
+    engines/<trt>_<gpu>_sm<cc>/ with a sidecar JSON, and reused when nothing changed.
+    Example (on a Jetson): leukedge build-engine runs/r50 --precision fp16,int8 --max-batch 16
+    """
+    from leukedge.export.engine_plan import EngineBuildError
+    from leukedge.export.tensorrt import build_engines
+
+    try:
+        results = build_engines(
+            target,
+            _split_list(precision),
+            max_batch,
+            workspace_mb,
+            dla_core,
+            out,
+            force,
+            log=lambda m: err_console.print(m),
+            verbose=verbose,
+        )
+    except (EngineBuildError, ValueError) as e:
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}")
+        raise typer.Exit(2) from None
+    table = Table(title="TensorRT engines")
+    for col in ("precision", "engine", "status", "build s"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(
+            r.sidecar.precision,
+            str(r.engine_path),
+            "reused" if r.reused else "built",
+            _fmt(r.sidecar.build_seconds, 1),
+        )
+    console.print(table)
 
 
 def main() -> None:

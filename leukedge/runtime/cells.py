@@ -1,0 +1,799 @@
+"""Find every white blood cell in a stained blood or marrow smear frame.
+
+Needs only numpy and OpenCV, so it runs on the device next to the microscope.
+
+How a frame is read (Romanowsky stains: Giemsa, Wright, May-Grünwald-Giemsa):
+
+1. **Scale.** A white cell is about 12 µm across. Its size in pixels comes from
+   ``cell_diameter_px``, else from ``um_per_px``, else from the frame itself
+   (:func:`estimate_cell_diameter`, from the red cells). All work happens on a
+   reduced *working image* in which a white cell is at most
+   ``Tuning.working_diameter`` pixels wide; results are mapped back to frame
+   pixels.
+2. **Light.** The slide background is the brightest, most common colour. A smooth
+   background field is fitted to it per channel (:func:`background_grid`), which
+   removes uneven illumination and the colour cast of lamp and camera; each pixel
+   becomes an optical density (absorbance) per channel, Beer-Lambert style.
+3. **Stain.** Nuclei take up the blue-violet dye (azure/haematoxylin), which
+   absorbs red light; red cells take up eosin, which absorbs green and blue but
+   lets red through. ``nuclear = OD_red - OD_blue`` is therefore high on nuclei
+   and platelets, near zero on the background and negative on red cells;
+   ``density = mean OD`` separates any cell material from the background.
+4. **Cells.** Nuclear-stain pixels form the nucleus mask. Cut along the thin pale
+   lines between pressed nuclei (:func:`nucleus_cores`), its distance transform
+   has one peak per round nuclear body; bodies are grouped into cells
+   (:func:`group_peaks`): an oval nucleus stays thick between its peaks, the
+   small lobes of a granulocyte lie inside one round cell. Every nucleus too
+   small-lobed for a peak still gets one marker. The whole cell is the nucleus
+   with its lobes closed together plus the cytoplasm around it (dense, not red);
+   a marker-controlled watershed on the image draws the borders between
+   touching cells, and :func:`merge_parts` joins parts that are lobes of one
+   granulocyte. Bodies with too little nucleus (red cells, debris) or with a
+   small pale one (platelets) are dropped; cells cut by the frame edge are kept
+   and flagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from leukedge.runtime.images import to_bgr_uint8
+
+if TYPE_CHECKING:
+    from leukedge.spec import ModelSpec
+
+WBC_DIAMETER_UM = 12.0
+RBC_DIAMETER_UM = 7.5
+
+_LOG_LUT = np.repeat(np.log1p(np.arange(256, dtype=np.float32)).reshape(1, 256, 1), 3, axis=2)
+
+
+@dataclass
+class Cell:
+    """One white cell, in frame pixels.
+
+    ``box`` is (x0, y0, x1, y1) with x1/y1 exclusive; ``mask`` is the cell's
+    pixels (nucleus and cytoplasm) over that box. ``score`` is in [0, 1]: the
+    mean of how clearly the nucleus is stained (95th percentile of the nuclear
+    stain over twice the nucleus threshold, capped at 1) and how plausible the
+    cell's size is (1 between 0.5 and 1.7 expected white-cell diameters, falling
+    off outside). It ranks detections; it is not a probability.
+    """
+
+    box: tuple[int, int, int, int]
+    centroid: tuple[float, float]
+    mask: np.ndarray
+    area: int
+    touches_edge: bool
+    score: float = 1.0
+    crop: np.ndarray | None = None
+
+    @property
+    def diameter(self) -> float:
+        """Equivalent-circle diameter of the mask, in frame pixels."""
+        return float(2.0 * np.sqrt(self.area / np.pi))
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Knobs of the finder. Lengths are fractions of the expected white-cell diameter D.
+
+    Defaults were set on BCCD (train/val split) and ALL-IDB1 frames.
+    """
+
+    working_diameter: float = 28.0  # largest D in working-image pixels
+    coarse_side: int = 320  # longest side of the image the scale is measured on
+    nuclear_od: float = 0.16  # OD_red - OD_blue above which a pixel is nuclear stain
+    valley: float = 0.3  # stain valley (Hessian, OD/px^2) that separates pressed nuclei
+    texture_hole: float = 0.03  # valley holes smaller than this (x D^2) are chromatin texture
+    lobe_join: float = 0.10  # closing radius that joins the lobes of one nucleus
+    cyto_density: float = 0.035  # mean OD above which a pixel is not background
+    cyto_eosin: float = -0.04  # nuclear stain below which a pixel belongs to a red cell
+    cyto_reach: float = 0.35  # cytoplasm further than this from a nucleus is ignored
+    min_peak: float = 0.18  # thinnest nuclear body (radius) that gets a marker of its own
+    peak_spacing: float = 0.30  # two markers are at least this far apart
+    neck_ratio: float = 0.85  # nuclear bodies are one nucleus when it is this thick between them
+    lobe_radius: float = 0.38  # bodies thinner than this (radius) may be lobes of one cell
+    cell_neck_ratio: float = 0.9  # ... and are when the cell is this thick between them
+    enclosed: float = 0.6  # a part sharing this much of its border with one neighbour is a lobe
+    granulocyte_nf: float = 0.62  # parts with less nucleus than this (fraction) are granulocytic
+    granulocyte_contact: float = 0.15  # ... and share at least this much of their outline
+    min_part: float = 0.2  # a split part smaller than this (x D^2) is not a cell of its own
+    min_nucleus_area: float = 0.08  # nucleus per cell, x D^2 (a platelet is 0.03-0.1 D^2)
+    small_nucleus_area: float = 0.2  # a nucleus smaller than this (x D^2) must be dark:
+    small_nucleus_od: float = 0.45  # 95th percentile of its nuclear stain at least this
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: float) -> Tuning:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown tuning option(s) {unknown}; known: {sorted(known)}")
+        return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- light and stain
+
+
+def shrink(img: np.ndarray, scale: float) -> np.ndarray:
+    """Downscale by ``scale`` (<= 1).
+
+    Area averaging, except for strong reductions of large frames: there area
+    averaging costs more than the rest of the finder together, and bilinear
+    sampling is enough because the stain maps are smoothed afterwards.
+    """
+    if scale >= 0.999:
+        return img
+    h, w = img.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    fast = scale < 0.5 and h * w > 1_000_000
+    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR if fast else cv2.INTER_AREA)
+
+
+def background_grid(img: np.ndarray, tiles: tuple[int, int] = (6, 8)) -> np.ndarray:
+    """Smooth per-channel log background of ``img`` on a coarse grid, float32 (gh, gw, 3).
+
+    Each tile votes with the median colour of its brightest 30 %; a quadratic
+    surface per channel is fitted to the votes, dropping tiles darker than the
+    fit (tiles covered by cells). Dividing by it removes uneven illumination and
+    the white balance of lamp and camera at once.
+    """
+    h, w = img.shape[:2]
+    ty, tx = max(1, min(tiles[0], h // 4)), max(1, min(tiles[1], w // 4))
+    k = 8
+    thumb = cv2.resize(img, (tx * k, ty * k), interpolation=cv2.INTER_AREA)
+    logs = cv2.LUT(thumb, _LOG_LUT).reshape(ty, k, tx, k, 3).transpose(0, 2, 1, 3, 4)
+    logs = logs.reshape(ty * tx, k * k, 3)
+    n_top = int(0.3 * k * k)
+    order = np.argsort(logs.mean(axis=2), axis=1)[:, -n_top:]
+    top = np.sort(np.take_along_axis(logs, order[:, :, None], axis=1), axis=1)
+    votes = top[:, n_top // 2, :]  # per-channel median of the brightest 30 %
+    if ty * tx < 8:
+        return votes.max(axis=0).reshape(1, 1, 3).astype(np.float32)
+    yy, xx = np.meshgrid((np.arange(ty) + 0.5) / ty - 0.5, (np.arange(tx) + 0.5) / tx - 0.5, indexing="ij")
+    X, Y = xx.ravel(), yy.ravel()
+    A = np.stack([np.ones_like(X), X, Y, X * X, X * Y, Y * Y], axis=1)
+    keep = np.ones(len(X), dtype=bool)
+    coef = np.zeros((6, 3))
+    for _ in range(4):
+        coef, *_ = np.linalg.lstsq(A[keep], votes[keep], rcond=None)
+        res = (votes - A @ coef).mean(axis=1)
+        spread = float(np.median(np.abs(res[keep]))) + 1e-3
+        new_keep = res > -2.5 * spread
+        if new_keep.sum() < 6 or (new_keep == keep).all():
+            break
+        keep = new_keep
+    g = 16
+    gy, gx = np.meshgrid((np.arange(g) + 0.5) / g - 0.5, (np.arange(g) + 0.5) / g - 0.5, indexing="ij")
+    basis = np.stack([np.ones_like(gx), gx, gy, gx * gx, gx * gy, gy * gy], axis=-1)
+    return (basis @ coef).astype(np.float32)
+
+
+@dataclass
+class StainMaps:
+    """Per-pixel stain measures of a working image (float32, same size)."""
+
+    nuclear: np.ndarray  # OD_red - OD_blue: nuclei/platelets > 0, red cells < 0
+    density: np.ndarray  # mean OD: any cell material > 0
+
+    def resized(self, size: tuple[int, int]) -> StainMaps:
+        return StainMaps(
+            nuclear=cv2.resize(self.nuclear, size, interpolation=cv2.INTER_AREA),
+            density=cv2.resize(self.density, size, interpolation=cv2.INTER_AREA),
+        )
+
+
+def stain_maps(img: np.ndarray, bg: np.ndarray | None = None) -> StainMaps:
+    """Optical densities relative to the background, reduced to two stain measures.
+
+    ``bg`` is a :func:`background_grid` (of this image or of another size of the
+    same frame: it covers the frame whatever its resolution); fitted here when None.
+    """
+    h, w = img.shape[:2]
+    logs = cv2.LUT(img, _LOG_LUT)
+    if bg is None:
+        bg = background_grid(img)
+    bg_nuclear = cv2.resize(np.ascontiguousarray(bg[..., 2] - bg[..., 0]), (w, h), interpolation=cv2.INTER_LINEAR)
+    bg_density = cv2.resize(np.ascontiguousarray(bg.mean(axis=2)), (w, h), interpolation=cv2.INTER_LINEAR)
+    b, g, r = cv2.split(logs)
+    nuclear = bg_nuclear - (r - b)
+    density = bg_density - (b + g + r) * np.float32(1.0 / 3.0)
+    return StainMaps(nuclear=nuclear, density=density)
+
+
+# --------------------------------------------------------------------------- scale
+
+
+def fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
+    """Fill holes (background enclosed by the mask) of at most ``max_area`` pixels."""
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return mask
+    holes = [c for c, hh in zip(contours, hierarchy[0]) if hh[3] >= 0 and cv2.contourArea(c) <= max_area]
+    if not holes:
+        return mask
+    out = mask.copy()
+    cv2.drawContours(out, holes, -1, 1, -1)
+    return out
+
+
+def _mean_width(mask: np.ndarray) -> float | None:
+    """4 x area / perimeter: a disc's diameter, and about one cell's width in a chain of discs.
+
+    The perimeter is counted on pixel cracks inside the image (cells cut by the
+    frame edge are not penalised) and scaled by pi/4, the mean ratio of
+    Euclidean to crack length over all orientations.
+    """
+    m = mask.astype(bool)
+    area = float(m.sum())
+    cracks = float(np.count_nonzero(m[:, 1:] != m[:, :-1]) + np.count_nonzero(m[1:] != m[:-1]))
+    if area < 1 or cracks < 1:
+        return None
+    return 4.0 * area / (cracks * np.pi / 4.0)
+
+
+def estimate_cell_diameter(maps: StainMaps, tuning: Tuning = Tuning()) -> float | None:
+    """Expected white-cell diameter in pixels of the image ``maps`` was made from, or None.
+
+    Red cells are the yardstick: every smear is full of them and they are all
+    about 7.5 µm across, while white cells vary from 7 to 18 µm. The red-cell
+    mask (dense, not nuclear) has its pale centres filled (holes up to the size
+    a centre has at the width measured so far, twice over), and its mean width
+    is measured as 4 x area / perimeter. That is a disc's diameter and stays close
+    to one cell's width in the chains and clumps of overlapping red cells that
+    thick smears are made of, where counting cells or taking distance-transform
+    maxima would not. White-cell diameter = red-cell width x 12 / 7.5.
+
+    With too few red cells (a single-cell crop, a frame of white cells) the
+    largest nucleus is the yardstick instead, taken as 0.75 of its cell.
+    """
+    h, w = maps.density.shape
+    red = (maps.density > 1.5 * tuning.cyto_density) & (maps.nuclear < 0.6 * tuning.nuclear_od)
+    red = cv2.morphologyEx(red.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    width = _mean_width(fill_small_holes(red, 0.004 * h * w))
+    for _ in range(2):  # fill the pale centres, now that their size is known
+        if width is None:
+            break
+        width = _mean_width(fill_small_holes(red, np.pi * (0.75 * width) ** 2))
+    if width is not None and red.sum() >= 0.02 * h * w and width >= 4.0:
+        return width * WBC_DIAMETER_UM / RBC_DIAMETER_UM
+    nuc = (maps.nuclear > tuning.nuclear_od).astype(np.uint8)
+    nuc = cv2.morphologyEx(nuc, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    contours, _ = cv2.findContours(nuc, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    biggest = max((cv2.contourArea(c) for c in contours), default=0.0)
+    if biggest < 16:
+        return None
+    return 2.0 * np.sqrt(biggest / np.pi) / 0.75
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _disc(radius: float) -> np.ndarray:
+    r = max(1, int(round(radius)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def nucleus_mask(maps: StainMaps, d: float, tuning: Tuning) -> np.ndarray:
+    """Pixels of nuclear stain (nuclei, platelets), lightly smoothed, small holes filled.
+
+    Not closed: the thin pale lines between nuclei of pressed cells must survive.
+    """
+    nuc = cv2.GaussianBlur(maps.nuclear, (0, 0), max(0.6, 0.03 * d))
+    return fill_small_holes((nuc > tuning.nuclear_od).astype(np.uint8), 0.12 * d * d)
+
+
+def valley_strength(nuclear: np.ndarray, sigma: float = 0.8) -> np.ndarray:
+    """Largest Hessian eigenvalue of the nuclear-stain map: high on thin pale lines.
+
+    Two cells pressed together keep a thin line of pale cytoplasm and membrane
+    between their nuclei, often about a pixel wide at working scale: a valley of
+    the stain map that the second derivative across it shows where a threshold
+    does not.
+    """
+    us = cv2.GaussianBlur(nuclear, (0, 0), sigma)
+    dxx = cv2.Sobel(us, cv2.CV_32F, 2, 0, ksize=3)
+    dyy = cv2.Sobel(us, cv2.CV_32F, 0, 2, ksize=3)
+    dxy = cv2.Sobel(us, cv2.CV_32F, 1, 1, ksize=3)
+    return 0.5 * (dxx + dyy + np.sqrt((dxx - dyy) ** 2 + 4.0 * dxy * dxy))
+
+
+def nucleus_cores(maps: StainMaps, nucleus: np.ndarray, d: float, tuning: Tuning) -> np.ndarray:
+    """The nucleus mask cut along stain valleys, so that pressed nuclei come apart.
+
+    Valleys inside one nucleus (chromatin texture) mostly leave closed holes,
+    which are filled again; the lines between cells run to the outside and stay.
+    """
+    core = nucleus & (valley_strength(maps.nuclear) <= tuning.valley).astype(np.uint8)
+    return fill_small_holes(core, tuning.texture_hole * d * d)
+
+
+def join_lobes(nucleus: np.ndarray, d: float, tuning: Tuning) -> np.ndarray:
+    """Nucleus mask closed so that the lobes and granules of one nucleus form one body."""
+    return cv2.morphologyEx(nucleus, cv2.MORPH_CLOSE, _disc(tuning.lobe_join * d))
+
+
+def cell_mask(maps: StainMaps, joined: np.ndarray, d: float, tuning: Tuning) -> np.ndarray:
+    """Whole-cell material: the joined nuclei plus the cytoplasm around them.
+
+    Cytoplasm is any pixel near a nucleus that is denser than the background and
+    not eosin-red (a red cell); an opening cuts thin bridges to neighbours.
+    """
+    sigma = max(0.6, 0.04 * d)
+    dens = cv2.GaussianBlur(maps.density, (0, 0), sigma)
+    nucl = cv2.GaussianBlur(maps.nuclear, (0, 0), sigma)
+    cyto = (dens > tuning.cyto_density) & (nucl > tuning.cyto_eosin)
+    near = cv2.dilate(joined, _disc(tuning.cyto_reach * d)) > 0
+    m = ((cyto & near) | (joined > 0)).astype(np.uint8)
+    m = cv2.morphologyEx(m, cv2.MORPH_OPEN, _disc(0.08 * d))
+    m |= joined
+    return fill_small_holes(m, 0.25 * d * d)
+
+
+# --------------------------------------------------------------------------- markers
+
+
+def nucleus_peaks(cores: np.ndarray, d: float, tuning: Tuning) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (x, y) and radii of the round bodies of ``cores``: distance-transform peaks.
+
+    A peak is a local maximum at least ``min_peak`` x D deep; of peaks closer
+    than ``peak_spacing`` x D only the deepest is kept.
+    """
+    dist = cv2.distanceTransform(cores, cv2.DIST_L2, 3)
+    spacing = max(1.0, tuning.peak_spacing * d)
+    size = 2 * int(round(spacing)) + 1
+    peaks = (dist >= cv2.dilate(dist, np.ones((size, size), np.uint8))) & (dist >= tuning.min_peak * d)
+    ys, xs = np.nonzero(peaks)
+    if ys.size == 0:
+        return np.zeros((0, 2)), np.zeros(0, np.float32)
+    vals = dist[ys, xs]
+    # Plateaus give many peak pixels: keep the deepest per grid cell first, then
+    # suppress the shallower of any two closer than the spacing.
+    cell = max(1.0, spacing / 1.5)
+    bucket = (ys // cell).astype(np.int64) * 100003 + (xs // cell).astype(np.int64)
+    order = np.lexsort((-vals, bucket))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = bucket[order][1:] != bucket[order][:-1]
+    cand = order[first]
+    cand = cand[np.argsort(-vals[cand], kind="stable")]
+    kept: list[int] = []
+    for i in cand:
+        if kept:
+            dx = xs[kept] - xs[i]
+            dy = ys[kept] - ys[i]
+            if np.any(dx * dx + dy * dy < spacing * spacing):
+                continue
+        kept.append(int(i))
+    pts = np.stack([xs[kept], ys[kept]], axis=1).astype(np.float64)
+    return pts, vals[kept].astype(np.float32)
+
+
+def add_missing_peaks(
+    pts: np.ndarray, radii: np.ndarray, joined: np.ndarray, d: float, tuning: Tuning
+) -> tuple[np.ndarray, np.ndarray]:
+    """Give every piece of nucleus large enough for a cell a marker.
+
+    A nucleus made of small lobes (a neutrophil) has no body thick enough for a
+    peak of its own, and a small cell pressed to a large one can have its
+    nucleus joined to the other's. Nucleus further than
+    max(``peak_spacing`` x 2 x D, 1.3 x the peak's radius) from every peak is
+    uncovered; each uncovered piece of at least ``min_nucleus_area`` gets a
+    marker at its deepest point.
+    """
+    covered = np.zeros_like(joined)
+    for (x, y), r in zip(pts, radii):
+        reach = max(2.0 * tuning.peak_spacing * d, 1.3 * float(r))
+        cv2.circle(covered, (int(round(x)), int(round(y))), int(round(reach)), 1, -1)
+    rest = cv2.bitwise_and(joined, 1 - covered)
+    contours, _ = cv2.findContours(rest, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    min_area = tuning.min_nucleus_area * d * d
+    dist = None
+    new_pts, new_r = [], []
+    for c in contours:
+        if cv2.contourArea(c) < min_area:
+            continue
+        if dist is None:
+            dist = cv2.distanceTransform(joined, cv2.DIST_L2, 3)
+        x, y, w, h = cv2.boundingRect(c)
+        piece = np.zeros((h, w), np.uint8)
+        cv2.drawContours(piece, [c], -1, 1, -1, offset=(-x, -y))
+        sub = np.where((piece > 0) & (rest[y : y + h, x : x + w] > 0), dist[y : y + h, x : x + w], 0)
+        yy, xx = divmod(int(np.argmax(sub)), w)
+        new_pts.append((x + xx, y + yy))
+        new_r.append(sub[yy, xx])
+    if not new_pts:
+        return pts, radii
+    return (
+        np.vstack([pts.reshape(-1, 2), np.asarray(new_pts, dtype=np.float64)]),
+        np.concatenate([radii, np.asarray(new_r, dtype=np.float32)]),
+    )
+
+
+def _root(parent: list[int], i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def _segment_minima(img: np.ndarray, pts: np.ndarray, pairs: np.ndarray, samples: int = 24) -> np.ndarray:
+    """Minimum of ``img`` along the straight segment of each pair of points (nearest pixel)."""
+    t = np.linspace(0.0, 1.0, samples)[None, :]
+    p, q = pts[pairs[:, 0]], pts[pairs[:, 1]]
+    xs = np.rint(p[:, :1] + t * (q[:, :1] - p[:, :1])).astype(np.intp)
+    ys = np.rint(p[:, 1:] + t * (q[:, 1:] - p[:, 1:])).astype(np.intp)
+    np.clip(xs, 0, img.shape[1] - 1, out=xs)
+    np.clip(ys, 0, img.shape[0] - 1, out=ys)
+    return img[ys, xs].min(axis=1)
+
+
+def group_peaks(
+    pts: np.ndarray,
+    radii: np.ndarray,
+    cores: np.ndarray,
+    cells: np.ndarray,
+    d: float,
+    tuning: Tuning,
+) -> list[int]:
+    """Which nuclear bodies belong to the same cell; one group index per peak.
+
+    Two bodies are one cell when
+
+    - the nucleus stays thick between them (``neck_ratio`` of the thinner
+      body's radius): an oval or kidney-shaped nucleus, or
+    - both are lobe-sized (radius under ``lobe_radius`` x D) and the whole cell
+      (nucleus + cytoplasm) stays as thick between them as at their centres
+      (``cell_neck_ratio``): lobes of a granulocyte inside one round cell.
+
+    Touching blasts have large nuclei and a thin pale line between them, so
+    they stay apart.
+    """
+    k = len(pts)
+    if k < 2:
+        return [0] * k
+    parent = list(range(k))
+    gaps = np.hypot(pts[:, None, 0] - pts[None, :, 0], pts[:, None, 1] - pts[None, :, 1])
+    pairs = np.argwhere(np.triu(gaps <= 1.6 * d, 1))
+    if len(pairs) == 0:
+        return list(range(k))
+    dist_n = cv2.distanceTransform(cores, cv2.DIST_L2, 3)
+    dist_c = cv2.distanceTransform(cells, cv2.DIST_L2, 3)
+    ix = np.rint(pts).astype(np.intp)
+    cell_r = dist_c[ix[:, 1], ix[:, 0]]
+    i, j = pairs[:, 0], pairs[:, 1]
+    oval = _segment_minima(dist_n, pts, pairs) >= tuning.neck_ratio * np.minimum(radii[i], radii[j])
+    lobes = np.maximum(radii[i], radii[j]) < tuning.lobe_radius * d
+    thick = _segment_minima(dist_c, pts, pairs) >= tuning.cell_neck_ratio * np.minimum(cell_r[i], cell_r[j])
+    for a, b in pairs[oval | (lobes & thick)]:
+        parent[_root(parent, int(a))] = _root(parent, int(b))
+    roots: dict[int, int] = {}
+    return [roots.setdefault(_root(parent, i), len(roots)) for i in range(k)]
+
+
+def draw_markers(shape: tuple[int, int], pts: np.ndarray, radii: np.ndarray, groups: list[int]) -> np.ndarray:
+    """Marker image (int32, 1..n): a disc per body, the bodies of one group joined by lines."""
+    markers = np.zeros(shape, dtype=np.int32)
+    first: dict[int, int] = {}
+    for i, g in enumerate(groups):
+        c = (int(round(pts[i][0])), int(round(pts[i][1])))
+        r = max(1, int(round(0.5 * radii[i])))
+        cv2.circle(markers, c, r, g + 1, -1)
+        if g in first:
+            j = first[g]
+            cv2.line(markers, c, (int(round(pts[j][0])), int(round(pts[j][1]))), g + 1, r)
+        else:
+            first[g] = i
+    return markers
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def _watershed_body(img: np.ndarray, body: np.ndarray, seeds: np.ndarray, n: int) -> np.ndarray:
+    """Watershed of one body's crop; every body pixel ends with a label 1..n."""
+    background = n + 1
+    # Pad by one pixel: cv2.watershed marks the image border as a boundary.
+    ws = cv2.copyMakeBorder(seeds, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=background)
+    ws[1:-1, 1:-1][~body] = background
+    crop = cv2.GaussianBlur(img, (3, 3), 0)
+    crop[~body] = 0  # a cliff at the body border: labels fill the body before crossing it
+    crop = cv2.copyMakeBorder(crop, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    cv2.watershed(crop, ws)
+    out = ws[1:-1, 1:-1]
+    out[(out == background) | ~body] = 0
+    lines = body & (out < 1)
+    if lines.any():  # watershed lines (-1) join a neighbouring label
+        grown = cv2.dilate(np.maximum(out, 0).astype(np.uint16), np.ones((3, 3), np.uint8))
+        out[lines] = grown[lines]
+    return np.maximum(out, 0)
+
+
+def _adjacent_pairs(lab: np.ndarray) -> dict[tuple[int, int], int]:
+    """Pairs of labels that touch (0 = outside), with the length of their shared border."""
+    pairs: dict[tuple[int, int], int] = {}
+    padded = np.pad(lab, 1)
+    for a, b in ((padded[:, :-1], padded[:, 1:]), (padded[:-1, :], padded[1:, :])):
+        m = a != b
+        if not m.any():
+            continue
+        lo, hi = np.minimum(a[m], b[m]), np.maximum(a[m], b[m])
+        keys, counts = np.unique(lo.astype(np.int64) * 65536 + hi, return_counts=True)
+        for key, c in zip(keys.tolist(), counts.tolist()):
+            pair = (key // 65536, key % 65536)
+            pairs[pair] = pairs.get(pair, 0) + c
+    return pairs
+
+
+def merge_parts(lab: np.ndarray, joined: np.ndarray, n: int, d: float, tuning: Tuning) -> np.ndarray:
+    """Join parts of one body that are pieces of one cell rather than separate cells.
+
+    - A part mostly enclosed by one larger neighbour (sharing more than
+      ``enclosed`` of its border with it) that has much cytoplasm (nucleus
+      fraction below ``granulocyte_nf``) is a lobe inside that granulocyte.
+      Touching cells meet along a short stretch of their outlines; a small
+      blast squeezed into a cluster can be enclosed too, but by blasts, which
+      are mostly nucleus.
+    - A part too small to be a cell (``min_part`` x D^2) joins the neighbour it
+      shares most border with.
+    - Two parts that both have much cytoplasm and share a long border (at
+      least ``granulocyte_contact`` of the shorter outline) are one
+      granulocyte whose lobes were taken for nuclei; two granulocytes that
+      merely touch share a short border. Blasts and lymphocytes are mostly
+      nucleus, so clusters of them are not joined this way.
+    """
+    if n < 2:
+        return lab
+    flat = lab.ravel()
+    area = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    nuc = np.bincount(flat, weights=(joined.ravel() > 0), minlength=n + 1)
+    frac = nuc / np.maximum(area, 1.0)
+    pairs = _adjacent_pairs(lab)
+    border = np.zeros(n + 1)
+    for (a, b), c in pairs.items():
+        border[a] += c
+        border[b] += c
+    inner = {k: c for k, c in pairs.items() if k[0] > 0}
+    parent = list(range(n + 1))
+    for i in range(1, n + 1):
+        shared = [(c, b if a == i else a) for (a, b), c in inner.items() if i in (a, b)]
+        if area[i] == 0 or not shared:
+            continue
+        c, j = max(shared)
+        lobe = c >= tuning.enclosed * border[i] and area[j] >= 1.5 * area[i] and frac[j] < tuning.granulocyte_nf
+        if lobe or area[i] < tuning.min_part * d * d:
+            parent[_root(parent, i)] = _root(parent, j)
+    for (a, b), c in inner.items():
+        contact = c >= tuning.granulocyte_contact * min(border[a], border[b])
+        if contact and max(frac[a], frac[b]) < tuning.granulocyte_nf:
+            parent[_root(parent, a)] = _root(parent, b)
+    roots = np.array([_root(parent, i) for i in range(n + 1)])
+    return roots[lab]
+
+
+def split_cells(
+    img: np.ndarray,
+    cells: np.ndarray,
+    markers: np.ndarray,
+    joined: np.ndarray,
+    d: float,
+    tuning: Tuning,
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Label every cell: one label per marker group, watershed borders where cells touch.
+
+    Works per connected body of ``cells``: a body with one marker is one cell as
+    it is; only bodies with several markers pay for a watershed on their own
+    crop, after which :func:`merge_parts` joins pieces of one cell again.
+    Returns the label image (0 = no cell) and the box (x0, y0, x1, y1) of each
+    label 1..n, in working pixels.
+    """
+    h, w = cells.shape
+    labels = np.zeros((h, w), dtype=np.int32)
+    boxes: list[tuple[int, int, int, int]] = []
+    contours, _ = cv2.findContours(cells, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    for contour in contours:
+        x, y, bw, bh = cv2.boundingRect(contour)
+        body = np.zeros((bh, bw), np.uint8)
+        cv2.drawContours(body, [contour], -1, 1, -1, offset=(-x, -y))
+        body = (body > 0) & (cells[y : y + bh, x : x + bw] > 0)
+        mk = np.where(body, markers[y : y + bh, x : x + bw], 0)
+        ids = np.unique(mk[mk > 0])
+        if ids.size == 0:
+            continue
+        out = labels[y : y + bh, x : x + bw]
+        if ids.size == 1:
+            out[body] = len(boxes) + 1
+            boxes.append((x, y, x + bw, y + bh))
+            continue
+        seeds = np.searchsorted(ids, mk).astype(np.int32) + 1
+        seeds[mk == 0] = 0
+        local = _watershed_body(img[y : y + bh, x : x + bw], body, seeds, ids.size)
+        local = merge_parts(local, joined[y : y + bh, x : x + bw], ids.size, d, tuning)
+        for v in np.unique(local[local > 0]):
+            part = local == v
+            out[part] = len(boxes) + 1
+            ys, xs = np.nonzero(part)
+            boxes.append((x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1))
+    return labels, boxes
+
+
+# --------------------------------------------------------------------------- finder
+
+
+@dataclass
+class Segmentation:
+    """One frame at working scale: maps, masks and cell labels (for inspection and tests)."""
+
+    scale: float  # working pixels per frame pixel
+    diameter: float  # expected white-cell diameter in working pixels
+    image: np.ndarray
+    maps: StainMaps
+    nucleus: np.ndarray
+    joined: np.ndarray
+    cells: np.ndarray
+    labels: np.ndarray
+    boxes: list[tuple[int, int, int, int]]
+
+
+class CellFinder:
+    """Find white cells in BGR frames; see the module docstring for the method.
+
+    ``cell_diameter_px`` (white-cell diameter in frame pixels) or ``um_per_px``
+    fixes the scale; without either it is measured on every frame. With a
+    ``spec``, each cell gets ``crop`` from
+    :func:`leukedge.runtime.preprocess.crop_cell`, ready for the classifier.
+    ``tuning`` keywords override :class:`Tuning` fields.
+    """
+
+    def __init__(
+        self,
+        cell_diameter_px: float | None = None,
+        um_per_px: float | None = None,
+        spec: ModelSpec | None = None,
+        **tuning: float,
+    ) -> None:
+        if cell_diameter_px is not None and not cell_diameter_px > 0:
+            raise ValueError(f"cell_diameter_px must be > 0, got {cell_diameter_px}")
+        if um_per_px is not None and not um_per_px > 0:
+            raise ValueError(f"um_per_px must be > 0, got {um_per_px}")
+        self.cell_diameter_px = cell_diameter_px
+        self.um_per_px = um_per_px
+        self.spec = spec
+        self.tuning = Tuning.from_kwargs(**tuning)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, **kwargs: float) -> CellFinder:
+        """A finder whose cells come with classifier-ready crops for ``spec``."""
+        return cls(spec=spec, **kwargs)
+
+    @property
+    def known_diameter(self) -> float | None:
+        """White-cell diameter in frame pixels when given, else None (measured per frame)."""
+        if self.cell_diameter_px is not None:
+            return float(self.cell_diameter_px)
+        if self.um_per_px is not None:
+            return WBC_DIAMETER_UM / float(self.um_per_px)
+        return None
+
+    def _working_image(self, bgr: np.ndarray) -> tuple[np.ndarray, StainMaps, float, float]:
+        """(working image, its stain maps, working px per frame px, D in working px).
+
+        Without a known diameter the scale is measured on a small coarse copy
+        (``coarse_side``), then the frame is reduced once, straight to the scale
+        where D is ``working_diameter`` pixels.
+        """
+        t = self.tuning
+        h, w = bgr.shape[:2]
+        diameter = self.known_diameter
+        coarse: tuple[np.ndarray, StainMaps, float] | None = None
+        bg = None
+        if diameter is None:
+            s0 = min(1.0, t.coarse_side / max(h, w))
+            small = shrink(bgr, s0)
+            bg = background_grid(small)
+            small_maps = stain_maps(small, bg)
+            est = estimate_cell_diameter(small_maps, t)
+            d0 = est if est is not None else min(small.shape[:2]) / 4.0
+            d0 = float(np.clip(d0, 6.0, 1.5 * min(small.shape[:2])))
+            diameter = d0 / s0
+            coarse = (small, small_maps, s0)
+        scale = min(1.0, t.working_diameter / diameter)
+        if coarse is not None and abs(scale - coarse[2]) <= 0.1 * coarse[2]:
+            img, maps, scale = coarse
+        else:
+            img = shrink(bgr, scale)
+            maps = stain_maps(img, bg)
+        scale = img.shape[1] / w  # the exact ratio after rounding the size
+        return img, maps, scale, diameter * scale
+
+    def segment(self, frame_bgr: np.ndarray) -> Segmentation | None:
+        """Working-scale segmentation of a frame; None when it is too small to hold a cell."""
+        bgr = to_bgr_uint8(frame_bgr)
+        if min(bgr.shape[:2]) < 8:
+            return None
+        t = self.tuning
+        img, maps, scale, d = self._working_image(bgr)
+        nucleus = nucleus_mask(maps, d, t)
+        joined = join_lobes(nucleus, d, t)
+        cells = cell_mask(maps, joined, d, t)
+        cores = nucleus_cores(maps, nucleus, d, t)
+        pts, radii = nucleus_peaks(cores, d, t)
+        pts, radii = add_missing_peaks(pts, radii, joined, d, t)
+        groups = group_peaks(pts, radii, cores, cells, d, t)
+        markers = draw_markers(cells.shape, pts, radii, groups)
+        labels, boxes = split_cells(img, cells, markers, joined, d, t)
+        return Segmentation(scale, d, img, maps, nucleus, joined, cells, labels, boxes)
+
+    def find(self, frame_bgr: np.ndarray) -> list[Cell]:
+        """Every white cell of a BGR (or gray/BGRA) frame, in frame pixels, in reading order."""
+        arr = np.asarray(frame_bgr)
+        if arr.size == 0:
+            return []
+        frame = to_bgr_uint8(arr)
+        seg = self.segment(frame)
+        if seg is None:
+            return []
+        cells = cells_from_segmentation(seg, frame.shape[:2], self.tuning)
+        if self.spec is not None:
+            from leukedge.runtime.preprocess import crop_cell
+
+            for c in cells:
+                c.crop = crop_cell(frame, c.box, self.spec, c.mask)
+        return cells
+
+
+def _size_plausibility(diameter_in_d: float) -> float:
+    lo, hi = 0.5, 1.7
+    if lo <= diameter_in_d <= hi:
+        return 1.0
+    ref = lo if diameter_in_d < lo else hi
+    return float(np.exp(-3.0 * abs(np.log(max(diameter_in_d, 1e-6) / ref))))
+
+
+def cells_from_segmentation(seg: Segmentation, frame_hw: tuple[int, int], t: Tuning) -> list[Cell]:
+    """Keep the labelled bodies that are white cells and map them to frame pixels."""
+    H, W = frame_hw
+    h, w = seg.labels.shape
+    d, s = seg.diameter, seg.scale
+    out: list[Cell] = []
+    for lab, (x0, y0, x1, y1) in enumerate(seg.boxes, start=1):
+        region = seg.labels[y0:y1, x0:x1] == lab
+        nuc_px = region & (seg.nucleus[y0:y1, x0:x1] > 0)
+        n_area = float(np.count_nonzero(nuc_px)) / (d * d)
+        if n_area < t.min_nucleus_area:
+            continue
+        vals = seg.maps.nuclear[y0:y1, x0:x1][nuc_px]
+        k95 = int(0.95 * (vals.size - 1))
+        stain95 = float(np.partition(vals, k95)[k95])
+        if n_area < t.small_nucleus_area and stain95 < t.small_nucleus_od:
+            continue  # small and pale: a platelet clump, not a lymphocyte nucleus
+        fx0, fy0 = int(np.floor(x0 / s)), int(np.floor(y0 / s))
+        fx1, fy1 = min(W, int(np.ceil(x1 / s))), min(H, int(np.ceil(y1 / s)))
+        sub = region.astype(np.uint8)
+        if s < 1.0:
+            sub = cv2.resize(sub * 255, (fx1 - fx0, fy1 - fy0), interpolation=cv2.INTER_LINEAR)
+            sub = (sub > 127).astype(np.uint8)
+        bx, by, bw, bh = cv2.boundingRect(sub)
+        if bw == 0 or bh == 0:
+            continue
+        mask = sub[by : by + bh, bx : bx + bw]
+        m = cv2.moments(region.astype(np.uint8), binaryImage=True)
+        cx = (x0 + m["m10"] / m["m00"] + 0.5) / s - 0.5
+        cy = (y0 + m["m01"] / m["m00"] + 0.5) / s - 0.5
+        diam = 2.0 * np.sqrt(m["m00"] / np.pi) / d
+        score = 0.5 * min(1.0, stain95 / (2.0 * t.nuclear_od)) + 0.5 * _size_plausibility(diam)
+        out.append(
+            Cell(
+                box=(fx0 + bx, fy0 + by, fx0 + bx + bw, fy0 + by + bh),
+                centroid=(float(cx), float(cy)),
+                mask=mask.astype(bool),
+                area=int(cv2.countNonZero(mask)),
+                touches_edge=bool(x0 == 0 or y0 == 0 or x1 == w or y1 == h),
+                score=float(np.clip(score, 0.0, 1.0)),
+            )
+        )
+    out.sort(key=lambda c: (c.box[1], c.box[0]))
+    return out

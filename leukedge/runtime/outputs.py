@@ -1,0 +1,183 @@
+"""What a pipeline run leaves in its output folder, written as it goes.
+
+```
+OUT/
+  cells.jsonl     one line per classified cell, flushed after every frame
+  summary.json    counts, blast ratio, latencies, backend, machine; rewritten atomically
+                  every few frames and at the end (status says whether the run finished)
+  annotated/      one PNG per input image (image sources), or
+  annotated.mp4   the annotated stream (video files, cameras, streams)
+```
+A crash or Ctrl-C at any moment leaves every finished frame in cells.jsonl and a
+complete (if older) summary.json: no file is ever half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from leukedge.io import atomic_write_json
+
+CELLS_FILE = "cells.jsonl"
+SUMMARY_FILE = "summary.json"
+ANNOTATED_DIR = "annotated"
+ANNOTATED_VIDEO = "annotated.mp4"
+ANNOTATED_VIDEO_FALLBACK = "annotated.avi"
+DEFAULT_VIDEO_FPS = 15.0
+
+
+def clear_previous(out_dir: Path) -> None:
+    """Remove the files an earlier run wrote here, so outputs of two runs never mix."""
+    for name in (CELLS_FILE, SUMMARY_FILE, ANNOTATED_VIDEO, ANNOTATED_VIDEO_FALLBACK):
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / name).unlink()
+    folder = out_dir / ANNOTATED_DIR
+    if folder.is_dir():
+        for p in folder.glob("*.png"):
+            p.unlink()
+
+
+def cell_record(
+    frame_index: int,
+    frame_name: str,
+    cell_index: int,
+    cell: Any,
+    classes: list[str],
+    probs: np.ndarray,
+) -> dict[str, Any]:
+    """One cells.jsonl line: where the cell is, its class and every class probability."""
+    k = int(np.argmax(probs))
+    return {
+        "frame": frame_index,
+        "name": frame_name,
+        "cell": cell_index,
+        "box": [int(v) for v in cell.box],
+        "centroid": [round(float(v), 1) for v in cell.centroid],
+        "class": classes[k],
+        "probs": {c: round(float(p), 5) for c, p in zip(classes, probs, strict=True)},
+        "touches_edge": bool(cell.touches_edge),
+        "score": round(float(getattr(cell, "score", 1.0)), 3),
+    }
+
+
+class CellsWriter:
+    """cells.jsonl, line-buffered and flushed per frame so readers and crashes see whole lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = open(path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 (kept open for the run)
+        self.lines = 0
+
+    def write_frame(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        self._f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+        self._f.flush()
+        self.lines += len(records)
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.flush()
+            self._f.close()
+
+
+def safe_file_name(name: str) -> str:
+    """A frame name as one file name: folders joined with '__', odd characters replaced."""
+    flat = name.replace("\\", "/").replace("/", "__")
+    return re.sub(r"[^A-Za-z0-9._#-]+", "_", flat).lstrip(".") or "frame"
+
+
+class AnnotatedImages:
+    """One PNG per input image under ``annotated/``, named after the input."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.folder = out_dir / ANNOTATED_DIR
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.written = 0
+        self.failed: list[str] = []
+
+    def write(self, name: str, image: np.ndarray) -> None:
+        path = self.folder / (Path(safe_file_name(name)).stem + ".png")
+        ok, buf = cv2.imencode(".png", image)
+        if not ok:
+            self.failed.append(name)
+            return
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(buf.tobytes())
+        tmp.replace(path)
+        self.written += 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"annotated": f"{ANNOTATED_DIR}/", "annotated_frames": self.written}
+
+    def close(self) -> None:
+        """Every PNG is complete once written."""
+
+
+class AnnotatedVideo:
+    """annotated.mp4 (MPEG-4 Part 2, plays everywhere), opened on the first frame.
+
+    The size of the first frame fixes the video size; later frames of another size
+    are resized. Falls back to Motion-JPEG AVI where the OpenCV build lacks an MP4
+    writer; with neither, annotation is off and the summary says so.
+    """
+
+    def __init__(self, out_dir: Path, fps: float | None) -> None:
+        self.out_dir = out_dir
+        self.fps = fps if fps and fps > 0 else DEFAULT_VIDEO_FPS
+        self._writer: Any = None
+        self.path: Path | None = None
+        self.size: tuple[int, int] | None = None
+        self.written = 0
+        self.error: str | None = None
+
+    def _open(self, size: tuple[int, int]) -> None:
+        for name, fourcc in ((ANNOTATED_VIDEO, "mp4v"), (ANNOTATED_VIDEO_FALLBACK, "MJPG")):
+            path = self.out_dir / name
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), self.fps, size)
+            if writer.isOpened():
+                self._writer, self.path, self.size = writer, path, size
+                return
+            writer.release()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self.error = f"this OpenCV ({cv2.__version__}) cannot write MP4 or MJPG video"
+
+    def write(self, name: str, image: np.ndarray) -> None:
+        if self.error:
+            return
+        h, w = image.shape[:2]
+        if self._writer is None:
+            self._open((w, h))
+            if self._writer is None:
+                return
+        if (w, h) != self.size:
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        self._writer.write(image)
+        self.written += 1
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "annotated": self.path.name if self.path else None,
+            "annotated_frames": self.written,
+            "annotated_fps": self.fps,
+        }
+        if self.error:
+            out["annotated_error"] = self.error
+        return out
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
+    return atomic_write_json(out_dir / SUMMARY_FILE, summary)

@@ -1,0 +1,622 @@
+"""Frames in, classified cells out: the loop that runs next to the microscope.
+
+Two threads share the work. A capture thread reads frames, finds the cells and
+preprocesses their crops, and hands each frame to a bounded queue; the main
+thread takes frames off the queue, classifies their cells and writes the
+results. OpenCV and ONNX Runtime/TensorRT release the GIL, so finding cells in
+frame *n+1* overlaps classifying frame *n*. When frames arrive faster than the
+model needs for one batch, cells of several frames are classified together (up
+to ``batch`` cells, waiting at most ``max_wait_s`` for more), which is what makes
+GPUs and large models efficient; a slow live source never waits for a batch to
+fill beyond that limit.
+
+Memory stays bounded however long the run: at most ``queue_size`` frames wait in
+the queue and at most ``batch`` frames in a batch; per-stage latencies are kept
+in a fixed-size sample. Outputs are written as the run goes (see
+:mod:`leukedge.runtime.outputs`); an unreadable frame is listed and skipped, a
+source that fails ends the run with everything so far written, and Ctrl-C stops
+it cleanly (a second Ctrl-C aborts at once).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from leukedge.runtime.outputs import (
+    CELLS_FILE,
+    AnnotatedImages,
+    AnnotatedVideo,
+    CellsWriter,
+    cell_record,
+    clear_previous,
+    write_summary,
+)
+from leukedge.runtime.stats import StageStats, blast_ratio
+
+if TYPE_CHECKING:
+    from leukedge.runtime.cells import Cell, CellFinder
+    from leukedge.runtime.classifier import Classifier
+    from leukedge.runtime.sources import Frame, Source
+
+SUMMARY_VERSION = 1
+STAGES = ("capture", "find", "preprocess", "infer", "end_to_end")
+MAX_LISTED_SKIPS = 1000
+COUNT_NOTE = (
+    "counts are per detection: on a video or camera a cell seen in several frames counts in "
+    "each; edge cells (touches_edge) are counted and listed, their class is less certain"
+)
+LATENCY_NOTE = (
+    "capture, find and preprocess are per frame, infer per batch of cells; end_to_end runs "
+    "from starting to read a frame to its results being written, queue waits included"
+)
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(eq=False)
+class FrameWork:
+    """One frame as the capture thread hands it over: cells found, crops preprocessed."""
+
+    index: int
+    name: str
+    t0: float  # perf_counter when reading this frame began
+    image: np.ndarray | None = None  # kept only for annotation/display
+    cells: list[Cell] = field(default_factory=list)
+    x: np.ndarray | None = None  # (n_cells, 3, S, S) float32
+    error: str | None = None
+    capture_s: float = 0.0
+    find_s: float = 0.0
+    preprocess_s: float = 0.0
+
+
+@dataclass
+class End:
+    """The capture thread is done: why, and what went wrong if anything did."""
+
+    status: str  # "completed" | "interrupted" | "source_error"
+    message: str | None = None
+
+
+# --------------------------------------------------------------------------- capture thread
+
+
+class CaptureThread(threading.Thread):
+    """Reads frames, finds cells, preprocesses crops; one frame at a time into ``out``."""
+
+    def __init__(
+        self,
+        frames: Iterable[Frame],
+        finder: CellFinder,
+        classifier: Classifier,
+        out: queue.Queue,
+        keep_images: bool,
+    ) -> None:
+        super().__init__(name="leukedge-capture", daemon=True)
+        self.frames = frames
+        self.finder = finder
+        self.classifier = classifier
+        self.out = out
+        self.keep_images = keep_images
+        self.stop = threading.Event()
+
+    def put(self, item: FrameWork | End) -> bool:
+        """Block until there is room or the run is stopping (then the item is dropped)."""
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            end = self._loop(iter(self.frames))
+        except BaseException as e:  # never die silently: the main thread must hear of it
+            end = End("source_error", f"capture thread failed: {type(e).__name__}: {e}")
+        self.put(end)
+
+    def _loop(self, frames: Iterator[Frame]) -> End:
+        while not self.stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                frame = next(frames)
+            except StopIteration:
+                return End("completed")
+            except KeyboardInterrupt:
+                return End("interrupted", "interrupted while reading the source")
+            except Exception as e:  # a camera or file that fails mid-stream ends the run cleanly
+                return End("source_error", f"the source failed: {type(e).__name__}: {e}")
+            work = self.process(frame, t0, time.perf_counter() - t0)
+            if not self.put(work):
+                break
+        return End("interrupted", "stopped")
+
+    def process(self, frame: Frame, t0: float, capture_s: float) -> FrameWork:
+        work = FrameWork(frame.index, frame.name, t0, capture_s=capture_s)
+        if frame.error is not None or frame.image is None:
+            work.error = frame.error or "no image"
+            return work
+        t1 = time.perf_counter()
+        try:
+            cells = self.finder.find(frame.image)
+        except Exception as e:  # one odd frame must not end a run
+            work.error = f"cell finder failed: {type(e).__name__}: {e}"
+            return work
+        t2 = time.perf_counter()
+        crops = [self._crop(frame.image, c) for c in cells]
+        work.x = self.classifier.preprocess(crops)
+        for c in cells:
+            c.crop = None  # the tensor is all inference needs; free the pixels now
+        work.find_s, work.preprocess_s = t2 - t1, time.perf_counter() - t2
+        work.cells = cells
+        work.image = frame.image if self.keep_images else None
+        return work
+
+    def _crop(self, image: np.ndarray, cell: Cell) -> np.ndarray:
+        if cell.crop is not None:
+            return cell.crop
+        from leukedge.runtime.preprocess import crop_cell
+
+        return crop_cell(image, cell.box, self.classifier.spec, cell.mask)
+
+
+# --------------------------------------------------------------------------- run state
+
+
+@dataclass
+class Totals:
+    """Everything counted so far; the summary is made from it at any moment."""
+
+    classes: list[str]
+    positive: str
+    frames: int = 0
+    processed: int = 0
+    skipped: int = 0
+    cells: int = 0
+    edge_cells: int = 0
+    by_class: dict[str, int] = field(default_factory=dict)
+    skipped_list: list[dict[str, Any]] = field(default_factory=list)
+    infer_batches: int = 0
+    infer_cells: int = 0
+    stages: dict[str, StageStats] = field(default_factory=lambda: {s: StageStats() for s in STAGES})
+
+    def __post_init__(self) -> None:
+        self.by_class = {c: 0 for c in self.classes}
+
+    def skip(self, work: FrameWork) -> None:
+        self.frames += 1
+        self.skipped += 1
+        if len(self.skipped_list) < MAX_LISTED_SKIPS:
+            self.skipped_list.append({"frame": work.index, "name": work.name, "reason": work.error})
+
+    def count(self, labels: list[str], edges: list[bool]) -> None:
+        self.frames += 1
+        self.processed += 1
+        self.cells += len(labels)
+        self.edge_cells += sum(edges)
+        for label in labels:
+            self.by_class[label] = self.by_class.get(label, 0) + 1
+
+    @property
+    def positive_count(self) -> int:
+        return self.by_class.get(self.positive, 0)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+class Pipeline:
+    """One run: owns the capture thread, the writers and the totals."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        source: Source | Iterable[Frame],
+        out_dir: Path,
+        finder: CellFinder,
+        batch: int,
+        max_wait_s: float,
+        annotate: bool,
+        show: bool,
+        summary_every: int,
+        summary_interval_s: float,
+        queue_size: int,
+        progress: Progress | None,
+        model_name: str | None,
+    ) -> None:
+        self.clf = classifier
+        self.source = source
+        self.out_dir = out_dir
+        self.finder = finder
+        self.batch = max(1, batch)
+        self.max_wait_s = max(0.0, max_wait_s)
+        self.summary_every = max(1, summary_every)
+        self.summary_interval_s = summary_interval_s
+        self.progress = progress
+        self.model_name = model_name
+        spec = classifier.spec
+        self.totals = Totals(list(spec.classes), spec.positive_class)
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self.display = None
+        if show:
+            from leukedge.runtime.display import Display
+
+            self.display = Display()
+        self.annotator = self._annotator() if annotate else None
+        self.cells_out = CellsWriter(out_dir / CELLS_FILE)
+        self.capture = CaptureThread(
+            source, finder, classifier, self.queue, keep_images=annotate or show
+        )
+        self.started = _now()
+        self.t_start = time.perf_counter()
+        self.last_summary = self.t_start
+        self.status, self.message = "running", None
+
+    def _annotator(self) -> AnnotatedImages | AnnotatedVideo:
+        if getattr(self.source, "kind", "images") == "images":
+            return AnnotatedImages(self.out_dir)
+        return AnnotatedVideo(self.out_dir, getattr(self.source, "fps", None))
+
+    # ---------------------------------------------------------------- main loop
+
+    def run(self) -> dict[str, Any]:
+        error: BaseException | None = None
+        write_summary(self.out_dir, self.summary())  # there from the start, for monitors
+        with _graceful_sigint(self.capture.stop) as interrupted:
+            self.capture.start()
+            try:
+                self._loop()
+                if interrupted.is_set():
+                    self.status, self.message = "interrupted", "stopped by Ctrl-C"
+            except KeyboardInterrupt:
+                self.status, self.message = "interrupted", "stopped by Ctrl-C"
+            except BaseException as e:  # outputs are closed and kept, then the error goes on
+                self.status, self.message = "error", f"{type(e).__name__}: {e}"
+                error = e
+            finally:
+                self._shutdown()
+        if error is not None:
+            raise error
+        return self.summary()
+
+    def _loop(self) -> None:
+        while True:
+            group, end = self._gather()
+            self._classify(group)
+            if end is not None:
+                self.status, self.message = end.status, end.message
+                return
+            if self.capture.stop.is_set():
+                self.status = self.status if self.status != "running" else "stopped"
+                return
+
+    def _gather(self) -> tuple[list[FrameWork], End | None]:
+        """The next frame, plus more while they come within ``max_wait_s`` and fit one batch."""
+        first = self._get(None)
+        if first is None:
+            return [], None
+        if isinstance(first, End):
+            return [], first
+        group, cells = [first], len(first.cells)
+        deadline = time.perf_counter() + self.max_wait_s
+        while cells < self.batch and len(group) < self.batch:
+            item = self._get(max(0.0, deadline - time.perf_counter()))
+            if item is None:
+                break
+            if isinstance(item, End):
+                return group, item
+            group.append(item)
+            cells += len(item.cells)
+        return group, None
+
+    def _get(self, timeout: float | None) -> FrameWork | End | None:
+        """The next queued item; waits in short steps so Ctrl-C and quitting stay responsive."""
+        if timeout is not None:
+            try:
+                return self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                return None
+        while not self.capture.stop.is_set():
+            try:
+                return self.queue.get(timeout=0.1)
+            except queue.Empty:
+                if not self.capture.is_alive() and self.queue.empty():
+                    return End("source_error", "the capture thread ended without a word")
+        return None
+
+    def _classify(self, group: list[FrameWork]) -> None:
+        """Classify the cells of ``group`` in one go, then finish each frame in order."""
+        ok = [w for w in group if w.error is None and w.x is not None and len(w.cells)]
+        ok_ids = {id(w) for w in ok}
+        probs = np.zeros((0, len(self.totals.classes)), dtype=np.float32)
+        if ok:
+            from leukedge.runtime.classifier import probabilities
+
+            x = np.concatenate([w.x for w in ok], axis=0)
+            t0 = time.perf_counter()
+            logits = self.clf.infer(x)
+            self.totals.stages["infer"].add(time.perf_counter() - t0)
+            self.totals.infer_batches += 1
+            self.totals.infer_cells += len(x)
+            probs = probabilities(logits)
+        offset = 0
+        for work in group:
+            n = len(work.cells) if id(work) in ok_ids else 0
+            self._finish(work, probs[offset : offset + n])
+            offset += n
+
+    def _finish(self, work: FrameWork, probs: np.ndarray) -> None:
+        t = self.totals
+        if work.error is not None:
+            t.skip(work)
+        else:
+            self._write_frame(work, probs)
+            for stage, s in (
+                ("capture", work.capture_s),
+                ("find", work.find_s),
+                ("preprocess", work.preprocess_s),
+            ):
+                t.stages[stage].add(s)
+            t.stages["end_to_end"].add(time.perf_counter() - work.t0)
+        work.image, work.x = None, None
+        self._after_frame()
+
+    def _write_frame(self, work: FrameWork, probs: np.ndarray) -> None:
+        classes = self.totals.classes
+        records = [
+            cell_record(work.index, work.name, i, c, classes, probs[i])
+            for i, c in enumerate(work.cells)
+        ]
+        self.cells_out.write_frame(records)
+        labels = [r["class"] for r in records]
+        self.totals.count(labels, [r["touches_edge"] for r in records])
+        if work.image is not None and (self.annotator is not None or self.display is not None):
+            self._draw(work, labels, [r["probs"][r["class"]] for r in records])
+
+    def _draw(self, work: FrameWork, labels: list[str], probs: list[float]) -> None:
+        from leukedge.runtime.annotate import count_lines, draw_cells, draw_count
+
+        t = self.totals
+        img = draw_cells(work.image, work.cells, labels, probs, positive=t.positive)
+        draw_count(img, count_lines(t.cells, t.positive_count, t.positive.upper(), self._fps()))
+        if self.annotator is not None:
+            self.annotator.write(work.name, img)
+        if self.display is not None and not self.display.show(img):
+            self.status, self.message = "stopped", "window closed"
+            self.capture.stop.set()
+
+    def _after_frame(self) -> None:
+        now = time.perf_counter()
+        due = now - self.last_summary >= self.summary_interval_s
+        if self.totals.frames % self.summary_every == 0 or due:
+            write_summary(self.out_dir, self.summary())
+            self.last_summary = now
+        if self.progress is not None:
+            self.progress(self.snapshot())
+
+    def _shutdown(self) -> None:
+        """Stop the capture thread, close every writer, write the final summary."""
+        self.capture.stop.set()
+        while True:  # unblock a capture thread waiting for room in the queue
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.capture.join(timeout=10.0)
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as e:  # a camera that fails to release must not lose the summary
+                self.message = (self.message or "") + f" (closing the source failed: {e})"
+        self.cells_out.close()
+        if self.annotator is not None:
+            self.annotator.close()
+        if self.display is not None:
+            self.display.close()
+        if self.status == "running":
+            self.status = "completed"
+        self.finished = _now()
+        write_summary(self.out_dir, self.summary())
+
+    # ---------------------------------------------------------------- reporting
+
+    def _fps(self) -> float | None:
+        elapsed = time.perf_counter() - self.t_start
+        return self.totals.processed / elapsed if elapsed > 0 and self.totals.processed else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Running totals for progress displays."""
+        t = self.totals
+        return {
+            "frames": t.frames,
+            "processed": t.processed,
+            "skipped": t.skipped,
+            "cells": t.cells,
+            "positive": t.positive_count,
+            "positive_class": t.positive,
+            "fps": self._fps(),
+            "total": getattr(self.source, "total", None),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        t = self.totals
+        wall = time.perf_counter() - self.t_start
+        spec = self.clf.spec
+        source_info = _source_info(self.source)
+        outputs: dict[str, Any] = {"cells": CELLS_FILE, "cells_lines": self.cells_out.lines}
+        if self.annotator is not None:
+            outputs.update(self.annotator.describe())
+        return {
+            "version": SUMMARY_VERSION,
+            "status": self.status,
+            "message": self.message,
+            "started": self.started,
+            "finished": getattr(self, "finished", None),
+            "model": {
+                "path": self.model_name or self.clf.selection.artifact or None,
+                "arch": spec.arch,
+                "classes": list(spec.classes),
+                "positive_class": spec.positive_class,
+                "input_size": spec.input_size,
+                "crop_style": spec.crop_style,
+            },
+            "backend": {
+                **self.clf.selection.to_dict(),
+                "device": getattr(self.clf.backend, "device", None),
+                "precision": getattr(self.clf.backend, "precision", None),
+            },
+            "source": source_info,
+            "finder": {
+                "cell_diameter_px": getattr(self.finder, "cell_diameter_px", None),
+                "um_per_px": getattr(self.finder, "um_per_px", None),
+            },
+            "settings": {"batch": self.batch, "max_wait_ms": round(1000 * self.max_wait_s, 1)},
+            "frames": {"read": t.frames, "processed": t.processed, "skipped": t.skipped},
+            "cells": {
+                "total": t.cells,
+                "by_class": dict(t.by_class),
+                "touching_edge": t.edge_cells,
+                "note": COUNT_NOTE,
+            },
+            "all_count": t.positive_count,
+            "blast_ratio": blast_ratio(t.positive_count, t.cells),
+            "latency_ms": {s: t.stages[s].summary() for s in STAGES},
+            "latency_note": LATENCY_NOTE,
+            "throughput": {
+                "wall_s": round(wall, 3),
+                "frames_per_s": round(t.processed / wall, 3) if wall > 0 else None,
+                "cells_per_s": round(t.cells / wall, 3) if wall > 0 else None,
+                "infer_batches": t.infer_batches,
+                "mean_cells_per_batch": round(t.infer_cells / t.infer_batches, 2)
+                if t.infer_batches
+                else None,
+            },
+            "skipped_frames": list(t.skipped_list),
+            "skipped_frames_not_listed": max(0, t.skipped - len(t.skipped_list)),
+            "outputs": outputs,
+            "machine": _machine(),
+        }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+_MACHINE: dict[str, Any] | None = None
+
+
+def _machine() -> dict[str, Any]:
+    """The machine description, probed once per process (it runs nvidia-smi)."""
+    global _MACHINE
+    if _MACHINE is None:
+        from leukedge.bench.machine import describe_machine
+
+        _MACHINE = describe_machine()
+    return _MACHINE
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _source_info(source: Any) -> dict[str, Any]:
+    info = source.info() if hasattr(source, "info") else {"kind": type(source).__name__}
+    info["end_reason"] = getattr(source, "end_reason", None)
+    return info
+
+
+class _graceful_sigint:  # noqa: N801 (used as a context manager, reads like a function)
+    """First Ctrl-C asks the run to stop after the current frame; a second one aborts.
+
+    Only in the main thread (where Python delivers signals); elsewhere a no-op.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.interrupted = threading.Event()
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.interrupted.is_set():
+            raise KeyboardInterrupt
+        self.interrupted.set()
+        self.stop.set()
+
+    def __enter__(self) -> threading.Event:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handler)
+            except ValueError:  # not allowed here (embedded interpreters)
+                self._previous = None
+        return self.interrupted
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def run_pipeline(
+    classifier: Classifier,
+    source: Source | Iterable[Frame] | str,
+    out_dir: str | Path,
+    finder: CellFinder | None = None,
+    batch: int = 8,
+    max_wait_s: float = 0.02,
+    annotate: bool = True,
+    show: bool = False,
+    max_frames: int | None = None,
+    summary_every: int = 25,
+    summary_interval_s: float = 10.0,
+    queue_size: int = 4,
+    progress: Progress | None = None,
+    model_name: str | None = None,
+) -> dict[str, Any]:
+    """Run ``classifier`` on every cell of every frame of ``source``; return summary.json's content.
+
+    ``source`` is a :class:`~leukedge.runtime.sources.Source`, any iterable of
+    :class:`~leukedge.runtime.sources.Frame`, or a source text for
+    :func:`~leukedge.runtime.sources.open_source`. ``finder`` defaults to
+    ``CellFinder.from_spec(classifier.spec)`` (cell size measured per frame).
+    Writes cells.jsonl, summary.json and annotated frames into ``out_dir``.
+    """
+    from leukedge.runtime.cells import CellFinder
+
+    if show:
+        from leukedge.runtime.display import require_display
+
+        require_display()
+    if isinstance(source, (str, Path)):
+        from leukedge.runtime.sources import open_source
+
+        source = open_source(str(source), max_frames=max_frames)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clear_previous(out)
+    finder = finder or CellFinder.from_spec(classifier.spec)
+    pipeline = Pipeline(
+        classifier,
+        source,
+        out,
+        finder,
+        batch,
+        max_wait_s,
+        annotate,
+        show,
+        summary_every,
+        summary_interval_s,
+        queue_size,
+        progress,
+        model_name,
+    )
+    return pipeline.run()
