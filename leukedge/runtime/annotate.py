@@ -55,7 +55,9 @@ def draw_cells(
         x0, y0, x1, y1 = cell.box
         label = labels[i] if labels is not None else None
         colour = _colour(cell, label, positive)
-        contours, _ = cv2.findContours(cell.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        contours, _ = cv2.findContours(
+            cell.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
         cv2.drawContours(out, contours, -1, OUTLINE_COLOUR, 1, offset=(x0, y0))
         box_t = max(1, t // 2) if (label is not None and cell.touches_edge) else t
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, box_t)
@@ -66,11 +68,22 @@ def draw_cells(
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         ty = y0 - base - 2 if y0 - th - base - 2 >= 0 else min(h - 1, y1 + th + 2)
         cv2.rectangle(out, (x0, ty - th - 2), (x0 + tw + 4, ty + base), colour, -1)
-        cv2.putText(out, text, (x0 + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            text,
+            (x0 + 2, ty),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
     return out
 
 
-def count_lines(cells: int, positive_count: int, positive: str = "ALL", fps: float | None = None) -> list[str]:
+def count_lines(
+    cells: int, positive_count: int, positive: str = "ALL", fps: float | None = None
+) -> list[str]:
     """Running-count text: cells seen, positives and their share, frame rate."""
     share = 100.0 * positive_count / cells if cells else 0.0
     lines = [f"cells {cells}", f"{positive} {positive_count} ({share:.1f}%)"]
@@ -95,5 +108,14 @@ def draw_count(img: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     roi[:] = (roi.astype(np.float32) * 0.35).astype(np.uint8)
     for i, s in enumerate(lines):
         y = int(4 * scale) + line_h * (i + 1) - int(6 * scale)
-        cv2.putText(img, s, (int(8 * scale), y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            s,
+            (int(8 * scale), y),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            thick,
+            cv2.LINE_AA,
+        )
     return img

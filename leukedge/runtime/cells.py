@@ -26,9 +26,9 @@ How a frame is read (Romanowsky stains: Giemsa, Wright, May-Grünwald-Giemsa):
    small lobes of a granulocyte lie inside one round cell. Every nucleus too
    small-lobed for a peak still gets one marker. The whole cell is the nucleus
    with its lobes closed together plus the cytoplasm around it (dense, not red);
-   a marker-controlled watershed on the image draws the borders between
-   touching cells, and :func:`merge_parts` joins parts that are lobes of one
-   granulocyte. Bodies with too little nucleus (red cells, debris) or with a
+   touching cells are divided between their seeded nuclei
+   (:func:`split_cells`), and :func:`merge_parts` joins parts that are lobes of
+   one granulocyte. Bodies with too little nucleus (red cells, debris) or with a
    small pale one (platelets) are dropped; cells cut by the frame edge are kept
    and flagged.
 """
@@ -82,7 +82,8 @@ class Cell:
 class Tuning:
     """Knobs of the finder. Lengths are fractions of the expected white-cell diameter D.
 
-    Defaults were set on BCCD (train/val split) and ALL-IDB1 frames.
+    The defaults were chosen on real BCCD and ALL-IDB1 frames; the figures they
+    reach are in ``benchmarks/results/cell_finder.md``.
     """
 
     working_diameter: float = 28.0  # largest D in working-image pixels
@@ -102,6 +103,7 @@ class Tuning:
     enclosed: float = 0.6  # a part sharing this much of its border with one neighbour is a lobe
     granulocyte_nf: float = 0.62  # parts with less nucleus than this (fraction) are granulocytic
     granulocyte_contact: float = 0.15  # ... and share at least this much of their outline
+    lobe_gap: float = 0.12  # ... and their nuclei are at most this far apart: one granulocyte
     min_part: float = 0.2  # a split part smaller than this (x D^2) is not a cell of its own
     min_nucleus_area: float = 0.08  # nucleus per cell, x D^2 (a platelet is 0.03-0.1 D^2)
     small_nucleus_area: float = 0.2  # a nucleus smaller than this (x D^2) must be dark:
@@ -154,7 +156,9 @@ def background_grid(img: np.ndarray, tiles: tuple[int, int] = (6, 8)) -> np.ndar
     votes = top[:, n_top // 2, :]  # per-channel median of the brightest 30 %
     if ty * tx < 8:
         return votes.max(axis=0).reshape(1, 1, 3).astype(np.float32)
-    yy, xx = np.meshgrid((np.arange(ty) + 0.5) / ty - 0.5, (np.arange(tx) + 0.5) / tx - 0.5, indexing="ij")
+    yy, xx = np.meshgrid(
+        (np.arange(ty) + 0.5) / ty - 0.5, (np.arange(tx) + 0.5) / tx - 0.5, indexing="ij"
+    )
     X, Y = xx.ravel(), yy.ravel()
     A = np.stack([np.ones_like(X), X, Y, X * X, X * Y, Y * Y], axis=1)
     keep = np.ones(len(X), dtype=bool)
@@ -168,7 +172,9 @@ def background_grid(img: np.ndarray, tiles: tuple[int, int] = (6, 8)) -> np.ndar
             break
         keep = new_keep
     g = 16
-    gy, gx = np.meshgrid((np.arange(g) + 0.5) / g - 0.5, (np.arange(g) + 0.5) / g - 0.5, indexing="ij")
+    gy, gx = np.meshgrid(
+        (np.arange(g) + 0.5) / g - 0.5, (np.arange(g) + 0.5) / g - 0.5, indexing="ij"
+    )
     basis = np.stack([np.ones_like(gx), gx, gy, gx * gx, gx * gy, gy * gy], axis=-1)
     return (basis @ coef).astype(np.float32)
 
@@ -179,12 +185,6 @@ class StainMaps:
 
     nuclear: np.ndarray  # OD_red - OD_blue: nuclei/platelets > 0, red cells < 0
     density: np.ndarray  # mean OD: any cell material > 0
-
-    def resized(self, size: tuple[int, int]) -> StainMaps:
-        return StainMaps(
-            nuclear=cv2.resize(self.nuclear, size, interpolation=cv2.INTER_AREA),
-            density=cv2.resize(self.density, size, interpolation=cv2.INTER_AREA),
-        )
 
 
 def stain_maps(img: np.ndarray, bg: np.ndarray | None = None) -> StainMaps:
@@ -197,8 +197,12 @@ def stain_maps(img: np.ndarray, bg: np.ndarray | None = None) -> StainMaps:
     logs = cv2.LUT(img, _LOG_LUT)
     if bg is None:
         bg = background_grid(img)
-    bg_nuclear = cv2.resize(np.ascontiguousarray(bg[..., 2] - bg[..., 0]), (w, h), interpolation=cv2.INTER_LINEAR)
-    bg_density = cv2.resize(np.ascontiguousarray(bg.mean(axis=2)), (w, h), interpolation=cv2.INTER_LINEAR)
+    bg_nuclear = cv2.resize(
+        np.ascontiguousarray(bg[..., 2] - bg[..., 0]), (w, h), interpolation=cv2.INTER_LINEAR
+    )
+    bg_density = cv2.resize(
+        np.ascontiguousarray(bg.mean(axis=2)), (w, h), interpolation=cv2.INTER_LINEAR
+    )
     b, g, r = cv2.split(logs)
     nuclear = bg_nuclear - (r - b)
     density = bg_density - (b + g + r) * np.float32(1.0 / 3.0)
@@ -213,7 +217,11 @@ def fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return mask
-    holes = [c for c, hh in zip(contours, hierarchy[0]) if hh[3] >= 0 and cv2.contourArea(c) <= max_area]
+    holes = [
+        c
+        for c, hh in zip(contours, hierarchy[0], strict=True)
+        if hh[3] >= 0 and cv2.contourArea(c) <= max_area
+    ]
     if not holes:
         return mask
     out = mask.copy()
@@ -346,7 +354,9 @@ def nucleus_peaks(cores: np.ndarray, d: float, tuning: Tuning) -> tuple[np.ndarr
     dist = cv2.distanceTransform(cores, cv2.DIST_L2, 3)
     spacing = max(1.0, tuning.peak_spacing * d)
     size = 2 * int(round(spacing)) + 1
-    peaks = (dist >= cv2.dilate(dist, np.ones((size, size), np.uint8))) & (dist >= tuning.min_peak * d)
+    peaks = (dist >= cv2.dilate(dist, np.ones((size, size), np.uint8))) & (
+        dist >= tuning.min_peak * d
+    )
     ys, xs = np.nonzero(peaks)
     if ys.size == 0:
         return np.zeros((0, 2)), np.zeros(0, np.float32)
@@ -381,16 +391,16 @@ def add_missing_peaks(
     peak of its own, and a small cell pressed to a large one can have its
     nucleus joined to the other's. Nucleus further than
     max(``peak_spacing`` x 2 x D, 1.3 x the peak's radius) from every peak is
-    uncovered; each uncovered piece of at least ``min_nucleus_area`` gets a
-    marker at its deepest point.
+    uncovered; each uncovered piece of at least half ``min_nucleus_area`` gets
+    a marker at its deepest point (whether it is a cell is decided later).
     """
     covered = np.zeros_like(joined)
-    for (x, y), r in zip(pts, radii):
+    for (x, y), r in zip(pts, radii, strict=True):
         reach = max(2.0 * tuning.peak_spacing * d, 1.3 * float(r))
         cv2.circle(covered, (int(round(x)), int(round(y))), int(round(reach)), 1, -1)
     rest = cv2.bitwise_and(joined, 1 - covered)
     contours, _ = cv2.findContours(rest, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    min_area = tuning.min_nucleus_area * d * d
+    min_area = 0.5 * tuning.min_nucleus_area * d * d  # lenient: cells are judged later
     dist = None
     new_pts, new_r = [], []
     for c in contours:
@@ -401,7 +411,9 @@ def add_missing_peaks(
         x, y, w, h = cv2.boundingRect(c)
         piece = np.zeros((h, w), np.uint8)
         cv2.drawContours(piece, [c], -1, 1, -1, offset=(-x, -y))
-        sub = np.where((piece > 0) & (rest[y : y + h, x : x + w] > 0), dist[y : y + h, x : x + w], 0)
+        sub = np.where(
+            (piece > 0) & (rest[y : y + h, x : x + w] > 0), dist[y : y + h, x : x + w], 0
+        )
         yy, xx = divmod(int(np.argmax(sub)), w)
         new_pts.append((x + xx, y + yy))
         new_r.append(sub[yy, xx])
@@ -420,7 +432,9 @@ def _root(parent: list[int], i: int) -> int:
     return i
 
 
-def _segment_minima(img: np.ndarray, pts: np.ndarray, pairs: np.ndarray, samples: int = 24) -> np.ndarray:
+def _segment_minima(
+    img: np.ndarray, pts: np.ndarray, pairs: np.ndarray, samples: int = 48
+) -> np.ndarray:
     """Minimum of ``img`` along the straight segment of each pair of points (nearest pixel)."""
     t = np.linspace(0.0, 1.0, samples)[None, :]
     p, q = pts[pairs[:, 0]], pts[pairs[:, 1]]
@@ -467,16 +481,37 @@ def group_peaks(
     i, j = pairs[:, 0], pairs[:, 1]
     oval = _segment_minima(dist_n, pts, pairs) >= tuning.neck_ratio * np.minimum(radii[i], radii[j])
     lobes = np.maximum(radii[i], radii[j]) < tuning.lobe_radius * d
-    thick = _segment_minima(dist_c, pts, pairs) >= tuning.cell_neck_ratio * np.minimum(cell_r[i], cell_r[j])
+    thick = _segment_minima(dist_c, pts, pairs) >= tuning.cell_neck_ratio * np.minimum(
+        cell_r[i], cell_r[j]
+    )
     for a, b in pairs[oval | (lobes & thick)]:
         parent[_root(parent, int(a))] = _root(parent, int(b))
     roots: dict[int, int] = {}
     return [roots.setdefault(_root(parent, i), len(roots)) for i in range(k)]
 
 
-def draw_markers(shape: tuple[int, int], pts: np.ndarray, radii: np.ndarray, groups: list[int]) -> np.ndarray:
-    """Marker image (int32, 1..n): a disc per body, the bodies of one group joined by lines."""
-    markers = np.zeros(shape, dtype=np.int32)
+def draw_markers(
+    cores: np.ndarray, pts: np.ndarray, radii: np.ndarray, groups: list[int]
+) -> np.ndarray:
+    """Seeds (int32, 1..n): each group's whole nuclear bodies, joined by lines.
+
+    Seeding whole nuclei, not just their centres, puts the border between
+    two touching cells half way between their nuclei rather than half way
+    between their centres. A core holding peaks of several groups (pressed
+    nuclei that were not cut apart) seeds only discs around its peaks.
+    """
+    n, comp = cv2.connectedComponents(cores, connectivity=8)
+    owner = np.zeros(n, dtype=np.int32)
+    mixed = np.zeros(n, dtype=bool)
+    for (x, y), g in zip(np.rint(pts).astype(int), groups, strict=True):
+        c = comp[y, x]
+        if c == 0:
+            continue
+        if owner[c] and owner[c] != g + 1:
+            mixed[c] = True
+        owner[c] = g + 1
+    owner[mixed] = 0
+    markers = owner[comp]
     first: dict[int, int] = {}
     for i, g in enumerate(groups):
         c = (int(round(pts[i][0])), int(round(pts[i][1])))
@@ -493,42 +528,62 @@ def draw_markers(shape: tuple[int, int], pts: np.ndarray, radii: np.ndarray, gro
 # --------------------------------------------------------------------------- splitting
 
 
-def _watershed_body(img: np.ndarray, body: np.ndarray, seeds: np.ndarray, n: int) -> np.ndarray:
-    """Watershed of one body's crop; every body pixel ends with a label 1..n."""
-    background = n + 1
-    # Pad by one pixel: cv2.watershed marks the image border as a boundary.
-    ws = cv2.copyMakeBorder(seeds, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=background)
-    ws[1:-1, 1:-1][~body] = background
-    crop = cv2.GaussianBlur(img, (3, 3), 0)
-    crop[~body] = 0  # a cliff at the body border: labels fill the body before crossing it
-    crop = cv2.copyMakeBorder(crop, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    cv2.watershed(crop, ws)
-    out = ws[1:-1, 1:-1]
-    out[(out == background) | ~body] = 0
-    lines = body & (out < 1)
-    if lines.any():  # watershed lines (-1) join a neighbouring label
-        grown = cv2.dilate(np.maximum(out, 0).astype(np.uint16), np.ones((3, 3), np.uint8))
-        out[lines] = grown[lines]
-    return np.maximum(out, 0)
+def _nearest_seed(body: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Give every body pixel the label of the nearest seed pixel (0 outside the body)."""
+    free = (seeds == 0).astype(np.uint8)
+    _, idx = cv2.distanceTransformWithLabels(free, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    seed_labels = seeds[seeds > 0]  # the seed pixels in raster order, as OpenCV numbers them
+    out = seed_labels[np.maximum(idx, 1) - 1]
+    out[~body] = 0
+    return out
 
 
-def _adjacent_pairs(lab: np.ndarray) -> dict[tuple[int, int], int]:
-    """Pairs of labels that touch (0 = outside), with the length of their shared border."""
+def _adjacent_pairs(
+    lab: np.ndarray, frame_sides: tuple[bool, bool, bool, bool] = (False,) * 4
+) -> dict[tuple[int, int], int]:
+    """Pairs of labels that touch, with the length of their shared border.
+
+    Label 0 is the outside. ``frame_sides`` (left, top, right, bottom) mark
+    sides of ``lab`` that lie on the frame edge: what is beyond them is unknown,
+    so borders there are not counted at all.
+    """
     pairs: dict[tuple[int, int], int] = {}
-    padded = np.pad(lab, 1)
+    padded = np.pad(lab.astype(np.int64) + 1, 1)  # 0 = unknown, 1 = outside, 2.. = parts
+    left, top, right, bottom = frame_sides
+    padded[:, 0] = 0 if left else 1
+    padded[0, :] = 0 if top else 1
+    padded[:, -1] = 0 if right else 1
+    padded[-1, :] = 0 if bottom else 1
     for a, b in ((padded[:, :-1], padded[:, 1:]), (padded[:-1, :], padded[1:, :])):
-        m = a != b
+        m = (a != b) & (a > 0) & (b > 0)
         if not m.any():
             continue
-        lo, hi = np.minimum(a[m], b[m]), np.maximum(a[m], b[m])
-        keys, counts = np.unique(lo.astype(np.int64) * 65536 + hi, return_counts=True)
-        for key, c in zip(keys.tolist(), counts.tolist()):
+        lo, hi = np.minimum(a[m], b[m]) - 1, np.maximum(a[m], b[m]) - 1
+        keys, counts = np.unique(lo * 65536 + hi, return_counts=True)
+        for key, c in zip(keys.tolist(), counts.tolist(), strict=True):
             pair = (key // 65536, key % 65536)
             pairs[pair] = pairs.get(pair, 0) + c
     return pairs
 
 
-def merge_parts(lab: np.ndarray, joined: np.ndarray, n: int, d: float, tuning: Tuning) -> np.ndarray:
+def _nucleus_gap(lab: np.ndarray, joined: np.ndarray, a: int, b: int) -> float:
+    """Shortest distance between the nucleus pixels of parts ``a`` and ``b`` (inf if one has none)."""
+    nuc_a = (lab == a) & (joined > 0)
+    nuc_b = (lab == b) & (joined > 0)
+    if not nuc_a.any() or not nuc_b.any():
+        return float("inf")
+    dist = cv2.distanceTransform((~nuc_a).astype(np.uint8), cv2.DIST_L2, 3)
+    return float(dist[nuc_b].min())
+
+
+def merge_parts(
+    lab: np.ndarray,
+    joined: np.ndarray,
+    n: int,
+    d: float,
+    tuning: Tuning,
+    frame_sides: tuple[bool, bool, bool, bool] = (False,) * 4,
+) -> np.ndarray:
     """Join parts of one body that are pieces of one cell rather than separate cells.
 
     - A part mostly enclosed by one larger neighbour (sharing more than
@@ -539,11 +594,11 @@ def merge_parts(lab: np.ndarray, joined: np.ndarray, n: int, d: float, tuning: T
       are mostly nucleus.
     - A part too small to be a cell (``min_part`` x D^2) joins the neighbour it
       shares most border with.
-    - Two parts that both have much cytoplasm and share a long border (at
-      least ``granulocyte_contact`` of the shorter outline) are one
-      granulocyte whose lobes were taken for nuclei; two granulocytes that
-      merely touch share a short border. Blasts and lymphocytes are mostly
-      nucleus, so clusters of them are not joined this way.
+    - Two parts that both have much cytoplasm, share a long border (at least
+      ``granulocyte_contact`` of the shorter outline) and whose nuclei nearly
+      touch (``lobe_gap`` x D) are one granulocyte whose lobes were taken for
+      nuclei. Two touching cells each keep a rim of cytoplasm around their
+      nucleus; blasts are mostly nucleus, so their clusters are not joined.
     """
     if n < 2:
         return lab
@@ -551,7 +606,7 @@ def merge_parts(lab: np.ndarray, joined: np.ndarray, n: int, d: float, tuning: T
     area = np.bincount(flat, minlength=n + 1).astype(np.float64)
     nuc = np.bincount(flat, weights=(joined.ravel() > 0), minlength=n + 1)
     frac = nuc / np.maximum(area, 1.0)
-    pairs = _adjacent_pairs(lab)
+    pairs = _adjacent_pairs(lab, frame_sides)
     border = np.zeros(n + 1)
     for (a, b), c in pairs.items():
         border[a] += c
@@ -563,32 +618,41 @@ def merge_parts(lab: np.ndarray, joined: np.ndarray, n: int, d: float, tuning: T
         if area[i] == 0 or not shared:
             continue
         c, j = max(shared)
-        lobe = c >= tuning.enclosed * border[i] and area[j] >= 1.5 * area[i] and frac[j] < tuning.granulocyte_nf
+        lobe = (
+            c >= tuning.enclosed * border[i]
+            and area[j] >= 1.5 * area[i]
+            and frac[j] < tuning.granulocyte_nf
+        )
         if lobe or area[i] < tuning.min_part * d * d:
             parent[_root(parent, i)] = _root(parent, j)
     for (a, b), c in inner.items():
         contact = c >= tuning.granulocyte_contact * min(border[a], border[b])
-        if contact and max(frac[a], frac[b]) < tuning.granulocyte_nf:
+        granular = max(frac[a], frac[b]) < tuning.granulocyte_nf
+        if contact and granular and _nucleus_gap(lab, joined, a, b) <= tuning.lobe_gap * d:
             parent[_root(parent, a)] = _root(parent, b)
     roots = np.array([_root(parent, i) for i in range(n + 1)])
     return roots[lab]
 
 
 def split_cells(
-    img: np.ndarray,
     cells: np.ndarray,
     markers: np.ndarray,
     joined: np.ndarray,
     d: float,
     tuning: Tuning,
 ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """Label every cell: one label per marker group, watershed borders where cells touch.
+    """Label every cell: one label per marker group; touching cells split between their nuclei.
 
     Works per connected body of ``cells``: a body with one marker is one cell as
-    it is; only bodies with several markers pay for a watershed on their own
-    crop, after which :func:`merge_parts` joins pieces of one cell again.
-    Returns the label image (0 = no cell) and the box (x0, y0, x1, y1) of each
-    label 1..n, in working pixels.
+    it is. In a body with several, every pixel goes to the nearest seeded
+    nucleus (:func:`_nearest_seed`), then :func:`merge_parts` joins pieces of
+    one cell again. Nearest-nucleus borders fall in the cytoplasm between
+    touching cells, where the image often has no edge at all, and along the
+    pale line between pressed nuclei, which the valley cut already followed;
+    a flooding watershed on the image would let one cell's seed take its
+    neighbour's cytoplasm before the neighbour's seed crossed its own strong
+    nuclear edge. Returns the label image (0 = no cell) and the box
+    (x0, y0, x1, y1) of each label 1..n, in working pixels.
     """
     h, w = cells.shape
     labels = np.zeros((h, w), dtype=np.int32)
@@ -610,13 +674,16 @@ def split_cells(
             continue
         seeds = np.searchsorted(ids, mk).astype(np.int32) + 1
         seeds[mk == 0] = 0
-        local = _watershed_body(img[y : y + bh, x : x + bw], body, seeds, ids.size)
-        local = merge_parts(local, joined[y : y + bh, x : x + bw], ids.size, d, tuning)
+        local = _nearest_seed(body, seeds)
+        sides = (x == 0, y == 0, x + bw == w, y + bh == h)
+        local = merge_parts(local, joined[y : y + bh, x : x + bw], ids.size, d, tuning, sides)
         for v in np.unique(local[local > 0]):
             part = local == v
             out[part] = len(boxes) + 1
             ys, xs = np.nonzero(part)
-            boxes.append((x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1))
+            boxes.append(
+                (x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1)
+            )
     return labels, boxes
 
 
@@ -723,8 +790,8 @@ class CellFinder:
         pts, radii = nucleus_peaks(cores, d, t)
         pts, radii = add_missing_peaks(pts, radii, joined, d, t)
         groups = group_peaks(pts, radii, cores, cells, d, t)
-        markers = draw_markers(cells.shape, pts, radii, groups)
-        labels, boxes = split_cells(img, cells, markers, joined, d, t)
+        markers = draw_markers(cores, pts, radii, groups)
+        labels, boxes = split_cells(cells, markers, joined, d, t)
         return Segmentation(scale, d, img, maps, nucleus, joined, cells, labels, boxes)
 
     def find(self, frame_bgr: np.ndarray) -> list[Cell]:

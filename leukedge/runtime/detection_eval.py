@@ -70,7 +70,9 @@ def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def match_boxes(pred: Sequence[Box], truth: Sequence[Box], iou_threshold: float = 0.5) -> MatchResult:
+def match_boxes(
+    pred: Sequence[Box], truth: Sequence[Box], iou_threshold: float = 0.5
+) -> MatchResult:
     """Greedy one-to-one matching by decreasing IoU; pairs below the threshold never match."""
     m = iou_matrix(pred, truth)
     pairs: list[tuple[int, int]] = []
