@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -370,14 +371,19 @@ def evaluate(
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("demo-out"), help="Folder for everything the demo writes."),
-    n: int = typer.Option(1600, "--n", help="Synthetic cells to generate."),
+    n: int = typer.Option(1200, "--n", help="Synthetic cells to generate."),
+    frames: int = typer.Option(8, help="Synthetic smear frames for the pipeline."),
     epochs: int = typer.Option(4, help="Training epochs for the demo CNN."),
     seed: int = typer.Option(0, help="Seed for data and training."),
 ) -> None:
-    """The whole path on built-in synthetic data, in a few minutes on a laptop CPU."""
+    """The whole path on built-in synthetic data, in a few minutes on a laptop CPU.
+
+    synthesize -> train the CNN -> export FP32/FP16/INT8 ONNX -> run the microscope
+    pipeline on synthetic frames -> bench every backend against PyTorch.
+    """
     from leukedge.demo import run_demo
 
-    run_demo(out, n=n, epochs=epochs, seed=seed, console=console)
+    run_demo(out, n=n, epochs=epochs, seed=seed, frames=frames, console=console)
 
 
 # ---------------------------------------------------------------------------- run
@@ -785,6 +791,10 @@ def bench(
 
 
 def main() -> None:
+    # Idle OpenMP threads of PyTorch otherwise spin between calls and steal the cores
+    # that ONNX Runtime is being timed on (interleaved bench, demo); must be set
+    # before torch is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()
 
 

@@ -1,12 +1,15 @@
 """`leukedge demo`: the whole path on synthetic data, end to end, on a laptop CPU.
 
-Synthesize cells and frames -> train the small CNN -> evaluate on the test
-subjects. Every step is the same library call a user makes; the demo only
-chooses small sizes so it finishes in minutes.
+synthesize cells and frames -> train the small CNN (subject-level split) ->
+export FP32/FP16/INT8 ONNX -> run the microscope pipeline on the synthetic
+frames and score it against their ground truth -> bench every backend against
+PyTorch, ending with the parity table. Every step is the same library call a
+user makes; the demo only picks small sizes so it finishes in minutes.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -15,43 +18,49 @@ from rich.console import Console
 from rich.table import Table
 
 DEMO_IMG_SIZE = 64
+DEMO_BACKENDS = "torch,ort-fp32,ort-fp16,ort-int8"
+STEPS = 6
 
 
-def _step(console: Console, title: str) -> float:
-    console.rule(f"[bold]{title}")
+def _step(console: Console, n: int, title: str) -> float:
+    console.rule(f"[bold]{n}/{STEPS} {title}")
     return time.perf_counter()
 
 
 def run_demo(
     out: str | Path,
-    n: int = 1600,
+    n: int = 1200,
     epochs: int = 4,
     seed: int = 0,
-    frames: int = 12,
+    frames: int = 8,
     console: Console | None = None,
 ) -> dict[str, Any]:
+    from leukedge.bench import run_bench
+    from leukedge.bench.tables import parity_table
     from leukedge.data.synth import synthesize
+    from leukedge.export import export_run
     from leukedge.progress import RichReporter
+    from leukedge.runtime.groundtruth import run_on_synthetic_frames
     from leukedge.train.config import TrainConfig
     from leukedge.train.loop import train
 
     console = console or Console()
     out = Path(out)
     data_dir, run_dir = out / "data", out / "runs" / "cnn"
+    frames_out = out / "frames-run"
     summary: dict[str, Any] = {"out": str(out)}
     timings: dict[str, float] = {}
 
-    t0 = _step(console, "1/3 synthesize cells and frames")
+    t0 = _step(console, 1, "synthesize cells and frames")
     with RichReporter(console) as rep:
         task = rep.task("synthesizing", n + frames)
         synthesize(data_dir, n=n, frames=frames, seed=seed, progress=lambda i, t: rep.advance(task))
     timings["synthesize"] = time.perf_counter() - t0
 
-    t0 = _step(console, "2/3 train the CNN (subject-level split)")
-    if run_dir.exists():  # a previous demo run: start over, the demo owns this folder
-        import shutil
-
-        shutil.rmtree(run_dir)
+    t0 = _step(console, 2, "train the CNN (split by subject)")
+    for old in (run_dir, frames_out):  # a previous demo: start over, the demo owns these folders
+        if old.exists():
+            shutil.rmtree(old)
     cfg = TrainConfig(
         model="cnn",
         data=str(data_dir),
@@ -65,21 +74,66 @@ def run_demo(
     )
     with RichReporter(console) as rep:
         result = train(cfg, reporter=rep)
-    timings["train"] = time.perf_counter() - t0
     summary["test"] = {k: result["test"][k] for k in ("accuracy", "f1_weighted", "auroc")}
+    timings["train"] = time.perf_counter() - t0
 
-    t0 = _step(console, "3/3 results")
-    table = Table(title="synthetic test subjects (not a claim about real data)")
+    t0 = _step(console, 3, "export ONNX FP32 / FP16 / INT8 (calibrated on the val split)")
+    with console.status("exporting"):
+        exported = export_run(run_dir)
+    for entry in exported["files"].values():
+        console.print(f"  {entry['file']:<18} {entry['size_bytes'] / 1e6:5.2f} MB")
+    timings["export"] = time.perf_counter() - t0
+
+    t0 = _step(console, 4, "run the microscope pipeline on the synthetic frames")
+    with console.status("finding and classifying cells"):
+        frames_report = run_on_synthetic_frames(run_dir, data_dir, frames_out)
+    det, cls = frames_report["detection"], frames_report["classification"]
+    fsum = frames_report["summary"]
+    console.print(
+        f"  {fsum['frames']['processed']} frames, {det['found_cells']} cells found of "
+        f"{det['truth_cells']} drawn (recall {det['recall']:.2f}, precision {det['precision']:.2f} "
+        f"at IoU 0.5); matched cells classified correctly: {cls['correct']}/{cls['matched']}; "
+        f"backend {fsum['backend']['chosen']}"
+    )
+    summary["frames"] = {"detection": det, "classification": cls}
+    timings["run"] = time.perf_counter() - t0
+
+    t0 = _step(console, 5, "bench: parity and latency against PyTorch")
+    with RichReporter(console) as rep:
+        report = run_bench(
+            run_dir,
+            backends=DEMO_BACKENDS,
+            batch_sizes=(1, 8),
+            warmup=3,
+            iters=20,
+            min_time_s=0.3,
+            max_time_s=3.0,
+            reporter=rep,
+        )
+    summary["bench"] = {
+        name: {"agreement": row["parity"]["agreement"], "budget": row["budget"]["status"]}
+        for name, row in report["backends"].items()
+        if row.get("parity")
+    }
+    timings["bench"] = time.perf_counter() - t0
+
+    _step(console, 6, "results")
+    table = Table(title="synthetic test subjects (a demo: not a claim about real cells)")
     for col in ("accuracy", "weighted F1", "AUROC"):
         table.add_column(col, justify="right")
     table.add_row(*(f"{summary['test'][k]:.3f}" for k in ("accuracy", "f1_weighted", "auroc")))
     console.print(table)
-    timings["report"] = time.perf_counter() - t0
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
-    console.print(f"data:     {data_dir}  (cells/, frames/)")
+    console.print(f"data:      {data_dir}  (cells/, frames/ with ground truth)")
+    console.print(f"run dir:   {run_dir}  (checkpoint, split, metrics, plots; export/; bench/)")
     console.print(
-        f"run dir:  {run_dir}  (spec.json, checkpoint.pt, split.json, history.csv, "
-        "curves.png, confusion.png, metrics.json)"
+        f"frames:    {frames_out}  (cells.jsonl, summary.json, annotated/, groundtruth.json)"
     )
-    console.print(f"time:     {summary['timings_s']}")
+    console.print(
+        f"bench:     {run_dir / 'bench'}  (report.md, report.json, latency.png, parity.png)"
+    )
+    console.print(f"time (s):  {summary['timings_s']}")
+    for note in report.get("notes", []):
+        console.print(f"note: {note}", style="yellow", markup=False)
+    console.print(parity_table(report))
     return summary

@@ -23,8 +23,11 @@ class Reporter:
     def finish(self, task: Any) -> None:
         pass
 
-    def log(self, message: str) -> None:
-        pass
+    def log(self, message: str, level: str = "info") -> None:
+        """Plain text (never markup: messages carry paths and hints like ``leukedge[trt]``).
+
+        ``level`` is ``info`` or ``note`` (something the user should read).
+        """
 
 
 class PrintReporter(Reporter):
@@ -42,7 +45,7 @@ class PrintReporter(Reporter):
         desc, t0 = self._tasks.pop(task, ("", time.perf_counter()))
         print(f"{desc}: done in {time.perf_counter() - t0:.1f}s", flush=True)
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, level: str = "info") -> None:
         print(message, flush=True)
 
 
@@ -87,7 +90,9 @@ class RichReporter(Reporter):
         self.progress.update(task, advance=n, info=info)
 
     def finish(self, task: Any) -> None:
-        self.progress.update(task, completed=self.progress.tasks[task].total or 0)
+        total = next((t.total for t in self.progress.tasks if t.id == task), None)
+        self.progress.update(task, completed=total or 0)
 
-    def log(self, message: str) -> None:
-        self.progress.console.print(message)
+    def log(self, message: str, level: str = "info") -> None:
+        style = "yellow" if level == "note" else None
+        self.progress.console.print(message, markup=False, highlight=False, style=style)

@@ -14,7 +14,7 @@ _EXPORTS = {
     "BenchError": "leukedge.bench.backends",
     "register_backend": "leukedge.bench.backends",
     "unregister_backend": "leukedge.bench.backends",
-    "Budgets": "leukedge.bench.parity",
+    "Budgets": "leukedge.budgets",
     "ReportError": "leukedge.bench.report",
     "validate_report": "leukedge.bench.report",
     "run_bench": "leukedge.bench.run",

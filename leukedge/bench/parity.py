@@ -7,27 +7,18 @@ a user sees flip), and |Δlogit| / cosine statistics (how close the arithmetic
 is before argmax hides it). The figures come from :mod:`leukedge.metrics` and
 :func:`leukedge.export.parity.compare`, the same code ``leukedge export`` uses.
 
-Budgets follow DESIGN.md ("Parity and latency"): FP32 agrees on every image
-within 1e-3 of the logits; FP16 agrees on >= 99.9% of images; INT8 agrees on
->= 99% and loses at most 1 point of accuracy. Every check is kept with its
-value and limit, so a failed row says exactly why.
+The pass/fail judgement against DESIGN.md's budgets lives in
+:mod:`leukedge.budgets`, shared with the export and the runtime.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from leukedge.data.arrays import ImageSet
 from leukedge.export.parity import compare
-from leukedge.export.pipeline import (
-    FP16_MIN_AGREEMENT,
-    FP32_MAX_ABS_DIFF,
-    INT8_MAX_ACCURACY_DROP,
-    INT8_MIN_AGREEMENT,
-)
 from leukedge.metrics import classification_metrics, softmax, wilson_interval
 from leukedge.spec import ModelSpec
 
@@ -39,30 +30,6 @@ HEADLINE_METRICS = (
     "balanced_accuracy",
     "auroc",
 )
-
-
-@dataclass(frozen=True)
-class Budgets:
-    """Parity limits per precision; defaults are DESIGN.md's."""
-
-    fp32_min_agreement: float = 1.0
-    fp32_max_abs_diff: float = FP32_MAX_ABS_DIFF
-    fp16_min_agreement: float = FP16_MIN_AGREEMENT
-    int8_min_agreement: float = INT8_MIN_AGREEMENT
-    int8_max_accuracy_drop: float = INT8_MAX_ACCURACY_DROP
-
-    @classmethod
-    def with_overrides(cls, overrides: dict[str, float | None] | None = None) -> Budgets:
-        """Defaults with the given (non-None) fields replaced; unknown names are refused."""
-        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"unknown budget(s) {unknown}; known: {sorted(names)}")
-        return cls(**{k: float(v) for k, v in overrides.items()})
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -131,53 +98,3 @@ def backend_parity(
         "parity": parity,
         "disagreements": disagreements(reference, candidate, images, spec),
     }
-
-
-def _check(name: str, value: float | None, op: str, limit: float) -> dict[str, Any]:
-    passed = value is not None and (value >= limit if op == ">=" else value <= limit)
-    return {"name": name, "value": value, "op": op, "limit": limit, "passed": bool(passed)}
-
-
-def budget_checks(
-    precision: str | None, parity: dict[str, Any], b: Budgets
-) -> list[dict[str, Any]]:
-    """The checks a backend of ``precision`` must pass (empty for an unknown precision)."""
-    finite = _check("finite logits", 1.0 if parity["all_finite"] else 0.0, ">=", 1.0)
-    agreement = parity["agreement"]
-    if precision == "fp32":
-        return [
-            finite,
-            _check("agreement", agreement, ">=", b.fp32_min_agreement),
-            _check("max |Δlogit|", parity["max_abs_diff"], "<=", b.fp32_max_abs_diff),
-        ]
-    if precision == "fp16":
-        return [finite, _check("agreement", agreement, ">=", b.fp16_min_agreement)]
-    if precision == "int8":
-        drop = -parity["accuracy_delta"] if "accuracy_delta" in parity else None
-        return [
-            finite,
-            _check("agreement", agreement, ">=", b.int8_min_agreement),
-            _check("accuracy drop", drop, "<=", b.int8_max_accuracy_drop),
-        ]
-    return []
-
-
-def judge(precision: str | None, parity: dict[str, Any], b: Budgets) -> dict[str, Any]:
-    """``{"status": "pass"|"fail"|"none", "checks": [...], "reasons": [...]}``."""
-    checks = budget_checks(precision, parity, b)
-    if not checks:
-        return {"status": "none", "checks": [], "reasons": [f"no budget for {precision}"]}
-    failed = [c for c in checks if not c["passed"]]
-    return {
-        "status": "fail" if failed else "pass",
-        "checks": checks,
-        "reasons": [_reason(c) for c in failed] or ["within every budget"],
-    }
-
-
-def _reason(c: dict[str, Any]) -> str:
-    if c["name"] == "finite logits":
-        return "non-finite logits (NaN or infinity)"
-    value = "undefined" if c["value"] is None else f"{c['value']:.4g}"
-    fails = "<" if c["op"] == ">=" else ">"
-    return f"{c['name']} {value} {fails} {c['limit']:g}"

@@ -11,27 +11,50 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from leukedge.bench.report import grouped_skips, summary_rows
+from leukedge.bench.report import grouped_skips
+
+
+def _short(v: Any, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
 
 
 def parity_table(report: dict[str, Any]) -> Table:
-    """One row per backend: accuracy, Δacc, agreement, max |Δlogit|, latency, speed-up, budget."""
+    """One row per backend, narrow enough for an 80-column terminal.
+
+    Accuracy, its change, agreement, max |Δlogit|, p50 latency at the smallest batch,
+    speed-up there and pass/fail; the reasons of a failed budget go in the caption.
+    report.md has every column (:func:`leukedge.bench.report.summary_rows`).
+    """
     data, ref = report["data"], report["reference"]
+    first = min(report["settings"]["batch_sizes"])
     table = Table(
         title=f"{report['run']['name']}: parity vs {ref['backend']} on {data['images']} "
-        f"{data['split']} images, latency interleaved"
+        f"{data['split']} images; latency at batch {first}"
     )
-    rows = summary_rows(report)
-    if not rows:
-        return table
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col in ("backend", "device", "budget") else "right")
-    for row in rows:
-        cells = [escape(v) for v in row.values()]
-        budget = row["budget"]
-        style = "green" if budget.startswith("✅") else "red" if budget.startswith("❌") else None
-        cells[-1] = f"[{style}]{cells[-1]}[/]" if style else cells[-1]
-        table.add_row(*cells)
+    for col in ("backend", "acc", "Δacc", "agree", "max|Δ|", "p50 ms", "speed-up", "budget"):
+        table.add_column(col, justify="left" if col in ("backend", "budget") else "right")
+    reasons = []
+    for name, row in report["backends"].items():
+        parity, delta = row["parity"], row["delta"] or {}
+        lat = row["latency"].get(str(first)) or {}
+        p50 = (lat.get("host_ms") or {}).get("p50") if "skipped" not in lat else None
+        speed = (row["speedup"].get(str(first)) or {}).get("p50")
+        status = row["budget"]["status"]
+        mark = {"pass": "[green]✅ pass[/]", "fail": "[red]❌ fail[/]"}.get(status, status)
+        if status == "fail":
+            reasons.append(f"{name}: {'; '.join(row['budget']['reasons'])}")
+        table.add_row(
+            escape(name),
+            _short((row["metrics"] or {}).get("accuracy"), ".3f"),
+            "–" if row["is_reference"] else _short(delta.get("accuracy"), "+.3f"),
+            _short(parity["agreement"], ".3f"),
+            _short(parity["max_abs_diff"], ".1e"),
+            _short(p50, ".2f"),
+            "–" if speed is None else f"{speed:.1f}×",
+            mark,
+        )
+    if reasons:
+        table.caption = escape("  ".join(reasons))
     return table
 
 

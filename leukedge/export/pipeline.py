@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from leukedge.budgets import FP32_MAX_ABS_DIFF, Budgets, judge
 from leukedge.data.arrays import ImageSet, load_image_set, stratified_subset
 from leukedge.data.records import DatasetError, Record
 from leukedge.export import fp16 as fp16_mod
@@ -43,10 +44,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 EXPORT_JSON_VERSION = 1
 PARITY_SPLIT = "val"
 # Budgets from DESIGN.md ("Parity and latency"): beyond them export.json warns.
-FP32_MAX_ABS_DIFF = 1e-3
-FP16_MIN_AGREEMENT = 0.999
-INT8_MIN_AGREEMENT = 0.99
-INT8_MAX_ACCURACY_DROP = 0.01
 
 Progress = Callable[[str, int, int], None]
 
@@ -298,38 +295,31 @@ def _budget_warnings(files: dict[str, dict[str, Any]]) -> list[str]:
     this CPU is reported separately, as a property of the CPU kernels.
     """
     out = []
+    budgets = Budgets()
     for precision, entry in files.items():
         parity = entry.get("parity_qdq_reference") or entry.get("parity")
         if not parity:
             continue
-        if not parity["all_finite"]:
-            out.append(f"{precision}: non-finite logits")
-        if precision == "fp32" and parity["max_abs_diff"] > FP32_MAX_ABS_DIFF:
-            out.append(f"fp32: max |Δlogit| {parity['max_abs_diff']:.2e} > {FP32_MAX_ABS_DIFF:g}")
-        if precision == "fp16" and parity["agreement"] < FP16_MIN_AGREEMENT:
-            out.append(f"fp16: agreement {parity['agreement']:.4f} < {FP16_MIN_AGREEMENT}")
+        verdict = judge(precision, parity, budgets)
+        if verdict["status"] == "fail":
+            out += [f"{precision}: {reason}" for reason in verdict["reasons"]]
         if precision == "int8":
-            out += _int8_warnings(parity, entry["parity"])
+            out += _int8_cpu_warning(parity, entry["parity"])
     return out
 
 
-def _int8_warnings(exact: dict[str, Any], cpu: dict[str, Any]) -> list[str]:
-    out = []
-    if exact["agreement"] < INT8_MIN_AGREEMENT:
-        out.append(f"int8: agreement {exact['agreement']:.4f} < {INT8_MIN_AGREEMENT}")
-    if exact.get("accuracy_delta", 0.0) < -INT8_MAX_ACCURACY_DROP:
-        out.append(f"int8: accuracy drops {-exact['accuracy_delta']:.4f}")
+def _int8_cpu_warning(exact: dict[str, Any], cpu: dict[str, Any]) -> list[str]:
     if (
         cpu["agreement"] < exact["agreement"]
         or cpu["max_abs_diff"] > 2 * exact["max_abs_diff"] + 0.1
     ):
-        out.append(
+        return [
             f"int8: ONNX Runtime's optimised int8 kernels on this CPU deviate more "
             f"(max |Δlogit| {cpu['max_abs_diff']:.3g}, agreement {cpu['agreement']:.4f}) than "
             f"the Q/DQ arithmetic ({exact['max_abs_diff']:.3g}, {exact['agreement']:.4f}): "
             "x86 CPUs without VNNI saturate int16 sums; TensorRT, VNNI and ARM do not"
-        )
-    return out
+        ]
+    return []
 
 
 def _versions() -> dict[str, str | None]:

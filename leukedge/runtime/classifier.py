@@ -260,6 +260,38 @@ def _export_notes(export_dir: Path) -> list[str]:
         return []
 
 
+def _within_budget(onnx_files: list[Path], export_dir: Path, unavailable: list[str]) -> list[Path]:
+    """Drop files whose ONNX Runtime parity in export.json failed its budget.
+
+    An automatic choice must not trade correctness for speed: on x86 CPUs without
+    VNNI, ONNX Runtime's INT8 kernels can flip many predictions even where the
+    INT8 file itself is fine. Asking for the precision explicitly still runs it.
+    """
+    from leukedge.budgets import Budgets, judge
+    from leukedge.io import read_json
+    from leukedge.runtime.backends.ort import precision_of
+
+    path = export_dir / "export.json"
+    try:
+        files = read_json(path).get("files", {}) if path.is_file() else {}
+    except (OSError, ValueError):
+        return onnx_files
+    kept = []
+    for onnx in onnx_files:
+        precision = precision_of(onnx)
+        parity = files.get(precision, {}).get("parity")
+        verdict = judge(precision, parity, Budgets()) if parity else {"status": "none"}
+        if verdict["status"] == "fail":
+            unavailable.append(
+                f"ort-{precision}: left out of --backend auto, its ONNX Runtime parity in "
+                f"export.json failed the budget ({'; '.join(verdict['reasons'])}); "
+                f"pass --precision {precision} to run it anyway"
+            )
+        else:
+            kept.append(onnx)
+    return kept or onnx_files
+
+
 def run_dir_candidates(
     run_dir: Path, backend: str, device: str, precision: str | None
 ) -> tuple[list[Candidate], list[str], list[str]]:
@@ -276,6 +308,8 @@ def run_dir_candidates(
         if backend == "trt" and not candidates:
             raise BackendError("--backend trt, but " + "; ".join(unavailable))
     if backend in ("auto", "ort"):
+        if precision in (None, "auto"):
+            onnx_files = _within_budget(onnx_files, export_dir, unavailable)
         candidates += _ort_candidates(onnx_files, device)
     if not candidates:
         if not onnx_files:

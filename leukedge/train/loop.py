@@ -154,7 +154,7 @@ def _prepare_run(
     dataset = load_dataset(cfg.data, cfg.layout)
     split = make_split(dataset, cfg.split, cfg.seed)
     for w in split.warnings + dataset.notes:
-        reporter.log(f"[yellow]note:[/] {w}")
+        reporter.log(f"note: {w}", "note")
     crop_style = cfg.crop_style or LAYOUT_CROP_STYLE.get(dataset.layout, "context")
     train_records = split.records(dataset, "train")
     if cfg.cell_fraction is None:
@@ -428,12 +428,12 @@ def finish_run(
         plot_confusion(result["test"]["confusion"], spec.classes, run.path / "confusion.png")
     else:
         reporter.log(
-            "[yellow]note:[/] the split has no test images; metrics.json holds no test figures"
+            "note: the split has no test images; metrics.json holds no test figures", "note"
         )
     result["skipped_files"] = [{"path": p, "problem": why} for p, why in sorted(skipped.items())]
     atomic_write_json(run.metrics_path, result)
     if skipped:
         reporter.log(
-            f"[yellow]skipped {len(skipped)} unreadable file(s)[/]; listed in {run.metrics_path}"
+            f"skipped {len(skipped)} unreadable file(s); listed in {run.metrics_path}", "note"
         )
     return result
