@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from leukedge.data.synth import make_subjects, render_frame
 from leukedge.runtime.annotate import count_lines, draw_cells, draw_count
 from leukedge.runtime.cells import Cell, CellFinder, estimate_cell_diameter, shrink, stain_maps
 from leukedge.runtime.detection_eval import (
@@ -21,6 +22,7 @@ from leukedge.runtime.detection_eval import (
     match_boxes,
     match_centroids,
 )
+from leukedge.runtime.preprocess import crop_cell, crop_side_for
 from leukedge.spec import ModelSpec
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -94,6 +96,42 @@ def smear() -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
     return draw_smear()
 
 
+# A white cell to paint: centre x, y, radius, and its nuclear discs (x, y, radius).
+WhiteCell = tuple[float, float, float, list[tuple[float, float, float]]]
+
+
+def paint_smear(
+    whites: list[WhiteCell], seed: int = 0, n_red: int = 45, spacing: float = 1.6
+) -> np.ndarray:
+    """A 640x480 smear with the given white cells and up to ``n_red`` red cells whose
+    centres are at least ``spacing`` red-cell radii apart (below 2 they overlap)."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((H, W, 3), np.float32)
+    img[:] = BACKGROUND
+    r_red = D * 7.5 / 12 / 2
+    reds: list[tuple[float, float]] = []
+    for _ in range(20 * n_red):
+        if len(reds) == n_red:
+            break
+        cx, cy = rng.uniform(0, W), rng.uniform(0, H)
+        if any(np.hypot(cx - x, cy - y) < r + r_red for x, y, r, _ in whites):
+            continue
+        if any(np.hypot(cx - x, cy - y) < spacing * r_red for x, y in reds):
+            continue
+        reds.append((cx, cy))
+    pale = tuple(0.5 * np.array(RED_CELL) + 0.5 * np.array(BACKGROUND))
+    for cx, cy in reds:
+        cv2.circle(img, (int(cx), int(cy)), int(r_red), RED_CELL, -1, cv2.LINE_AA)
+        cv2.circle(img, (int(cx), int(cy)), int(0.4 * r_red), pale, -1, cv2.LINE_AA)
+    for cx, cy, r, _ in whites:
+        cv2.circle(img, (int(cx), int(cy)), int(r), CYTOPLASM, -1, cv2.LINE_AA)
+    for *_, nuclei in whites:
+        for nx, ny, nr in nuclei:
+            cv2.circle(img, (int(nx), int(ny)), int(nr), NUCLEUS, -1, cv2.LINE_AA)
+    img = cv2.GaussianBlur(img, (0, 0), 1.0) + rng.normal(0, 2.0, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def _inside(cell: Cell, x: float, y: float) -> bool:
     x0, y0, x1, y1 = cell.box
     return x0 <= x < x1 and y0 <= y < y1 and bool(cell.mask[int(y) - y0, int(x) - x0])
@@ -130,6 +168,82 @@ def test_cell_cut_by_the_edge_is_kept_and_flagged(smear):
     assert sum(c.touches_edge for c in cells) == 1
 
 
+def _cut_bilobed_cell(seed: int) -> np.ndarray:
+    """A large cell centred on the left frame edge: two thick nuclear lobes inside the
+    frame, joined outside it."""
+    cy = 240.0
+    lobes = [(0.3 * D, cy - 0.36 * D, 0.34 * D), (0.3 * D, cy + 0.36 * D, 0.34 * D)]
+    bridge = (-0.3 * D, cy, 0.2 * D)
+    other = (420.0, 200.0, D / 2, [(420.0, 200.0, 0.32 * D)])
+    return paint_smear([(0.0, cy, 0.6 * D, [*lobes, bridge]), other], seed=seed)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pieces_of_a_cell_cut_by_the_edge_are_one_cell(seed):
+    frame = _cut_bilobed_cell(seed)
+    for finder in (CellFinder(cell_diameter_px=D), CellFinder()):
+        edge = [c for c in finder.find(frame) if c.touches_edge]
+        assert len(edge) == 1
+        x0, y0, x1, y1 = edge[0].box
+        assert x0 == 0 and y0 < 240 - 0.55 * D and y1 > 240 + 0.55 * D  # both lobes
+    # without the rule for cut cells, the lobes would be two cells
+    apart = CellFinder(cell_diameter_px=D, edge_union=0.0).find(frame)
+    assert sum(c.touches_edge for c in apart) == 2
+
+
+def test_touching_cells_cut_by_the_edge_stay_apart():
+    y = H - 0.2 * D
+    pair = [(x, y, D / 2, [(x, y, 0.32 * D)]) for x in (300.0, 300.0 + 0.92 * D)]
+    cells = CellFinder(cell_diameter_px=D).find(paint_smear(pair))
+    assert sum(c.touches_edge for c in cells) == 2
+
+
+def test_whole_extent_of_a_cell_cut_by_the_edge():
+    centre = (200.0, -0.05 * D)  # most of the cell lies above the frame
+    cut = (*centre, D / 2, [(*centre, 0.32 * D)])
+    other = (420.0, 300.0, D / 2, [(420.0, 300.0, 0.32 * D)])
+    frame = paint_smear([cut, other], seed=1)
+    spec = ModelSpec(arch="cnn", input_size=64, crop_style="masked", cell_fraction=0.6)
+    cells = CellFinder.from_spec(spec).find(frame)
+    edge = next(c for c in cells if c.touches_edge)
+    inner = next(c for c in cells if not c.touches_edge)
+    assert inner.full_diameter is None and inner.full_centre is None
+    assert edge.box[3] - edge.box[1] < 0.5 * D  # only the lower part is seen
+    true_centre = (int(centre[0]) + 0.5, int(centre[1]) + 0.5)  # box coordinates
+    assert np.hypot(*np.subtract(edge.full_centre, true_centre)) < 0.08 * D
+    assert 0.9 * D < edge.full_diameter < 1.15 * D
+    assert edge.crop.shape[0] == crop_side_for(edge.full_diameter, spec)
+    # the crop is centred on the whole cell: the part above the frame is black
+    rows = np.nonzero(edge.crop.any(axis=(1, 2)))[0]
+    assert rows[0] >= 0.5 * edge.crop.shape[0] - 0.08 * D
+
+
+def test_crop_cell_diameter_and_centre():
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    cv2.circle(frame, (80, -10), 30, (200, 200, 200), -1)  # a disc cut by the top edge
+    disc = frame[..., 0] == 200
+    ys, xs = np.nonzero(disc)
+    box = (int(xs.min()), 0, int(xs.max()) + 1, int(ys.max()) + 1)  # 57 x 21 visible
+    mask = disc[box[1] : box[3], box[0] : box[2]]
+    spec = ModelSpec(arch="cnn", crop_style="context", cell_fraction=0.5)
+    default = crop_cell(frame, box, spec)
+    assert default.shape == (114, 114, 3)  # longer side of the box, centred on the box
+    same = crop_cell(frame, box, spec, diameter_px=57, centre=(80.5, 10.5))
+    assert np.array_equal(default, same)
+    whole = crop_cell(frame, box, spec, diameter_px=61, centre=(80.5, -9.5))
+    side = crop_side_for(61, spec)
+    assert whole.shape == (side, side, 3)
+    bright = np.argwhere(whole[..., 0] == 200)
+    # the disc is centred across and down (pixel i's centre is at i + 0.5)
+    assert bright[:, 1].mean() + 0.5 == pytest.approx(side / 2, abs=1)
+    assert bright[:, 0].max() + 0.5 == pytest.approx(side / 2 + 30, abs=1.5)
+    assert whole[:40].max() == 0  # above the frame is black
+    masked = ModelSpec(arch="cnn", crop_style="masked", cell_fraction=0.5)
+    cut = crop_cell(frame, box, masked, mask, diameter_px=61, centre=(80.5, -9.5))
+    assert np.array_equal(cut[..., 0] == 200, whole[..., 0] == 200)
+    assert cut[whole[..., 0] == 90].max() == 0  # outside the cell is black
+
+
 def test_platelet_and_red_cells_are_not_white_cells(smear):
     frame, _ = smear
     cells = CellFinder().find(frame)
@@ -164,7 +278,18 @@ def test_scale_measured_from_red_cells(smear):
     frame, _ = smear
     s = 320 / max(frame.shape[:2])
     d = estimate_cell_diameter(stain_maps(shrink(frame, s))) / s
-    assert 0.7 * D < d < 1.4 * D
+    assert 0.8 * D < d < 1.2 * D
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scale_holds_among_crowded_overlapping_red_cells(seed):
+    """Overlapping red cells merge into chains and clumps in the red-cell mask; the size
+    of one red cell is still the most common disc that fits in it."""
+    lone = (150.0, 140.0, D / 2, [(150.0, 140.0, 0.32 * D)])
+    frame = paint_smear([lone], seed=seed, n_red=250, spacing=1.4)
+    s = 320 / max(frame.shape[:2])
+    d = estimate_cell_diameter(stain_maps(shrink(frame, s))) / s
+    assert 0.85 * D < d < 1.3 * D
 
 
 def test_colour_layouts_and_sizes(smear):
@@ -317,6 +442,28 @@ def test_drawing(smear):
     assert draw_count(labelled.copy(), lines).shape == frame.shape
 
 
+# --------------------------------------------------------------------------- synthetic frames
+
+
+def test_rendered_smears_with_measured_scale():
+    """leukedge.data.synth frames: crowded, overlapping red cells; the finder measures the
+    scale on every frame and still finds the white cells (IoU >= 0.5, one-to-one)."""
+    subjects = make_subjects(np.random.default_rng(0), 6)
+    finder = CellFinder()
+    total = MatchResult(0, 0, 0)
+    for k in range(12):
+        _, label, style = subjects[k % 6]
+        diameter = (40.0, 56.0, 72.0)[k % 3]
+        frame, cells = render_frame(
+            np.random.default_rng([11, k]), label, style, 640, 480, cell_diameter=diameter
+        )
+        seg = finder.segment(frame)
+        assert 0.85 < seg.diameter / seg.scale / diameter < 1.2
+        found = finder.find(frame)
+        total = total + match_boxes([c.box for c in found], [tuple(c["box"]) for c in cells])
+    assert total.recall >= 0.9 and total.precision >= 0.9, total
+
+
 # --------------------------------------------------------------------------- real frames
 
 realdata = pytest.mark.skipif(
@@ -328,7 +475,8 @@ realdata = pytest.mark.skipif(
 @realdata
 def test_bccd_test_split_white_cells():
     """BCCD test list: IoU >= 0.5 one-to-one. Precision is held down by unannotated or
-    mislabelled white cells (see benchmarks/results/cell_finder.md)."""
+    mislabelled white cells, most of them cut by the frame edge, and by large edge cells
+    still split in pieces (see benchmarks/results/cell_finder.md)."""
     if not (DATA / "bccd").is_dir():
         pytest.skip(f"no BCCD under {DATA}")
     finder = CellFinder()
@@ -336,8 +484,23 @@ def test_bccd_test_split_white_cells():
     for path, truth in bccd_split(DATA / "bccd", "test"):
         cells = finder.find(cv2.imread(str(path)))
         total = total + match_boxes([c.box for c in cells], truth)
-    assert total.recall >= 0.95, total
-    assert total.precision >= 0.88, total
+    assert total.recall >= 0.98, total
+    assert total.precision >= 0.90, total
+
+
+@pytest.mark.realdata
+@realdata
+def test_bccd_trainval_white_cells():
+    """BCCD train + val lists (the development frames), same rule as the test list."""
+    if not (DATA / "bccd").is_dir():
+        pytest.skip(f"no BCCD under {DATA}")
+    finder = CellFinder()
+    total = MatchResult(0, 0, 0)
+    for path, truth in bccd_split(DATA / "bccd", "trainval"):
+        cells = finder.find(cv2.imread(str(path)))
+        total = total + match_boxes([c.box for c in cells], truth)
+    assert total.recall >= 0.97, total
+    assert total.precision >= 0.93, total
 
 
 @pytest.mark.realdata
@@ -355,4 +518,4 @@ def test_allidb1_blast_recall():
         total = total + match_centroids(
             [c.box for c in cells], [c.centroid for c in cells], points, [c.mask for c in cells]
         )
-    assert total.recall >= 0.95, total
+    assert total.recall >= 0.98, total

@@ -6,10 +6,11 @@ How a frame is read (Romanowsky stains: Giemsa, Wright, May-Grünwald-Giemsa):
 
 1. **Scale.** A white cell is about 12 µm across. Its size in pixels comes from
    ``cell_diameter_px``, else from ``um_per_px``, else from the frame itself
-   (:func:`estimate_cell_diameter`, from the red cells). All work happens on a
-   reduced *working image* in which a white cell is at most
-   ``Tuning.working_diameter`` pixels wide; results are mapped back to frame
-   pixels.
+   (:func:`estimate_cell_diameter`): red cells, all about 7.5 µm, are the
+   yardstick, and the granulometry of the red-cell mask gives their size even
+   where they overlap in chains and clumps. All work happens on a reduced
+   *working image* in which a white cell is at most ``Tuning.working_diameter``
+   pixels wide; results are mapped back to frame pixels.
 2. **Light.** The slide background is the brightest, most common colour. A smooth
    background field is fitted to it per channel (:func:`background_grid`), which
    removes uneven illumination and the colour cast of lamp and camera; each pixel
@@ -28,14 +29,16 @@ How a frame is read (Romanowsky stains: Giemsa, Wright, May-Grünwald-Giemsa):
    with its lobes closed together plus the cytoplasm around it (dense, not red);
    touching cells are divided between their seeded nuclei
    (:func:`split_cells`), and :func:`merge_parts` joins parts that are lobes of
-   one granulocyte. Bodies with too little nucleus (red cells, debris) or with a
-   small pale one (platelets) are dropped; cells cut by the frame edge are kept
-   and flagged.
+   one granulocyte or pieces of one cell cut by the frame edge. Bodies with too
+   little nucleus (red cells, debris) or with a small pale one (platelets) are
+   dropped; cells cut by the frame edge are kept, flagged, and their whole
+   extent is estimated for the classifier crop (:func:`whole_cell_circle`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import cv2
@@ -62,6 +65,12 @@ class Cell:
     stain over twice the nucleus threshold, capped at 1) and how plausible the
     cell's size is (1 between 0.5 and 1.7 expected white-cell diameters, falling
     off outside). It ranks detections; it is not a probability.
+
+    For a cell cut by the frame edge, ``full_diameter`` and ``full_centre``
+    (x, y, in box coordinates: pixel i spans i..i+1) estimate the whole cell,
+    part of which lies outside the frame (:func:`whole_cell_circle`); the
+    classifier crop is sized and centred by them. Both are None for cells
+    seen whole.
     """
 
     box: tuple[int, int, int, int]
@@ -71,6 +80,8 @@ class Cell:
     touches_edge: bool
     score: float = 1.0
     crop: np.ndarray | None = None
+    full_diameter: float | None = None
+    full_centre: tuple[float, float] | None = None
 
     @property
     def diameter(self) -> float:
@@ -86,8 +97,11 @@ class Tuning:
     reach are in ``benchmarks/results/cell_finder.md``.
     """
 
-    working_diameter: float = 28.0  # largest D in working-image pixels
-    coarse_side: int = 320  # longest side of the image the scale is measured on
+    working_diameter: float = 25.0  # largest D in working-image pixels
+    coarse_side: int = 256  # longest side of the image the scale is measured on
+    fine_rbc: float = 9.0  # red cells narrower than this (px) there: measure again, larger
+    reuse_scale: float = 0.15  # a copy this close (fraction) to the working scale is reused
+    scale_pixels: int = 100_000  # red cells are measured in a central window of this many pixels
     nuclear_od: float = 0.16  # OD_red - OD_blue above which a pixel is nuclear stain
     valley: float = 0.3  # stain valley (Hessian, OD/px^2) that separates pressed nuclei
     texture_hole: float = 0.03  # valley holes smaller than this (x D^2) are chromatin texture
@@ -102,8 +116,12 @@ class Tuning:
     cell_neck_ratio: float = 0.9  # ... and are when the cell is this thick between them
     enclosed: float = 0.6  # a part sharing this much of its border with one neighbour is a lobe
     granulocyte_nf: float = 0.62  # parts with less nucleus than this (fraction) are granulocytic
+    lobed_nf: float = 0.75  # ... or with less than this and only lobe-thin nucleus (lobe_radius)
+    thin_lobe: float = 0.28  # ... or with a nucleus no thicker than this (radius): lobes
     granulocyte_contact: float = 0.15  # ... and share at least this much of their outline
     lobe_gap: float = 0.12  # ... and their nuclei are at most this far apart: one granulocyte
+    edge_union: float = 1.6  # parts cut by the frame edge whose union is at most this (x D^2)
+    edge_notch: float = 0.15  # ... and has no notch deeper than this (x D): one cell
     min_part: float = 0.2  # a split part smaller than this (x D^2) is not a cell of its own
     min_nucleus_area: float = 0.08  # nucleus per cell, x D^2 (a platelet is 0.03-0.1 D^2)
     small_nucleus_area: float = 0.2  # a nucleus smaller than this (x D^2) must be dark:
@@ -229,46 +247,147 @@ def fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     return out
 
 
-def _mean_width(mask: np.ndarray) -> float | None:
-    """4 x area / perimeter: a disc's diameter, and about one cell's width in a chain of discs.
+def red_cell_mask(maps: StainMaps, tuning: Tuning) -> np.ndarray:
+    """Dense, non-nuclear pixels (red cells), with specks opened away; uint8 0/1."""
+    red = (maps.density > 1.5 * tuning.cyto_density) & (maps.nuclear < 0.6 * tuning.nuclear_od)
+    return cv2.morphologyEx(red.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
 
-    The perimeter is counted on pixel cracks inside the image (cells cut by the
-    frame edge are not penalised) and scaled by pi/4, the mean ratio of
-    Euclidean to crack length over all orientations.
+
+def fill_pale_centres(mask: np.ndarray) -> np.ndarray:
+    """Fill the pale centres of red cells: round holes smaller than half their outline.
+
+    A biconcave red cell is often a ring in the mask. Its centre is a round hole
+    well inside one outline; the background enclosed by a loop of touching red
+    cells is ragged (cusps where cells meet) or large, and is left open.
     """
-    m = mask.astype(bool)
-    area = float(m.sum())
-    cracks = float(np.count_nonzero(m[:, 1:] != m[:, :-1]) + np.count_nonzero(m[1:] != m[:-1]))
-    if area < 1 or cracks < 1:
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return mask
+    parents = hierarchy[0][:, 3]
+    holes = []
+    for c, parent in zip(contours, parents, strict=True):
+        if parent < 0:
+            continue
+        if len(c) <= 4:  # a pinhole: fill it whatever it is
+            holes.append(c)
+            continue
+        area = cv2.contourArea(c)
+        _, radius = cv2.minEnclosingCircle(c)
+        if area <= 0.5 * cv2.contourArea(contours[parent]) and area >= 0.5 * np.pi * radius**2:
+            holes.append(c)
+    if not holes:
+        return mask
+    out = mask.copy()
+    cv2.drawContours(out, holes, -1, 1, -1)
+    return out
+
+
+def opening_areas(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Area of the morphological opening of ``mask`` by a disc of each radius.
+
+    The opening by radius r is every pixel within r of a point where a disc of
+    radius r fits (distance to the outside >= r): one distance transform, then
+    a threshold and a dilation per radius.
+    """
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_3)
+    out = np.zeros(len(radii))
+    for k, r in enumerate(radii):
+        centres = (dist >= r).astype(np.uint8)
+        if not centres.any():
+            break
+        out[k] = cv2.countNonZero(cv2.dilate(centres, _round_kernel(round(r, 2))) & mask)
+    return out
+
+
+@lru_cache(maxsize=256)
+def _round_kernel(radius: float) -> np.ndarray:
+    """Structuring element of the pixels within ``radius`` (not rounded) of the centre."""
+    n = int(np.ceil(radius - 1e-6))
+    yy, xx = np.mgrid[-n : n + 1, -n : n + 1]
+    return (xx * xx + yy * yy <= radius * radius).astype(np.uint8)
+
+
+def red_cell_diameter(mask: np.ndarray, radius: float = 8.0, step: float = 1.2) -> float | None:
+    """Typical red-cell diameter in ``mask`` (pale centres filled): the granulometry mode.
+
+    Each pixel belongs to the largest disc that fits in the mask and covers it.
+    In a union of overlapping red cells (chains, clumps, crowded fields) almost
+    every pixel lies in a disc the size of one red cell, so the area histogram
+    of those disc sizes (the pattern spectrum: area lost between successive
+    openings) peaks at the red-cell radius; specks and tight clumps only add
+    tails. Widths, areas and counts of connected regions all drift upwards
+    with crowding.
+
+    The mask is first reduced so that a disc of the depth most of it has is
+    ``radius`` pixels; radii 0.25-2.7x that, ``step`` apart, are opened, and
+    the peak is interpolated between them.
+    """
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_3)
+    inside = dist[dist > 0]
+    if inside.size < 50:
         return None
-    return 4.0 * area / (cracks * np.pi / 4.0)
+    depth = np.bincount(np.minimum(4.0 * inside, 4095).astype(np.intp))  # quarter pixels
+    k90 = int(np.searchsorted(np.cumsum(depth), 0.9 * inside.size))
+    r_big = (k90 + 0.5) / 4.0 / 0.68  # a disc's 90th percentile of depth is 0.68 of its radius
+    f = max(1.0, r_big / radius)
+    small = mask if f == 1.0 else shrink_mask(mask, 1.0 / f)
+    f = mask.shape[1] / small.shape[1]
+    r_big /= f
+    n = int(np.log(2.7 / 0.25) / np.log(step)) + 2
+    radii = max(1.0, 0.25 * r_big) * step ** np.arange(n)
+    areas = opening_areas(small, radii)
+    spectrum = np.convolve(areas[:-1] - areas[1:], [1.0, 2.0, 3.0, 2.0, 1.0], "same")
+    k = int(np.argmax(spectrum))
+    if spectrum[k] <= 0:
+        return None
+    shift = 0.0  # parabola through the peak and its neighbours, in log radius
+    if 0 < k < len(spectrum) - 1:
+        a, b, c = spectrum[k - 1], spectrum[k], spectrum[k + 1]
+        if a - 2 * b + c < 0:
+            shift = float(np.clip(0.5 * (a - c) / (a - 2 * b + c), -0.5, 0.5))
+    # the lost area between radii k and k+1 belongs to discs of radius ~ their geometric mean
+    return 2.0 * f * float(radii[k]) * step ** (0.5 + shift)
+
+
+def shrink_mask(mask: np.ndarray, scale: float) -> np.ndarray:
+    """A 0/1 mask reduced by ``scale`` (< 1): a pixel is set when most of its area was."""
+    h, w = mask.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return (cv2.resize(mask * 255, size, interpolation=cv2.INTER_AREA) > 127).astype(np.uint8)
+
+
+def _central_window(img: np.ndarray, max_pixels: int) -> np.ndarray:
+    """The centre of ``img`` with at most about ``max_pixels`` pixels (all of it when smaller)."""
+    h, w = img.shape[:2]
+    f = np.sqrt(max_pixels / (h * w))
+    if f >= 1.0:
+        return img
+    ch, cw = max(1, int(h * f)), max(1, int(w * f))
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return img[y0 : y0 + ch, x0 : x0 + cw]
 
 
 def estimate_cell_diameter(maps: StainMaps, tuning: Tuning = Tuning()) -> float | None:
     """Expected white-cell diameter in pixels of the image ``maps`` was made from, or None.
 
     Red cells are the yardstick: every smear is full of them and they are all
-    about 7.5 µm across, while white cells vary from 7 to 18 µm. The red-cell
-    mask (dense, not nuclear) has its pale centres filled (holes up to the size
-    a centre has at the width measured so far, twice over), and its mean width
-    is measured as 4 x area / perimeter. That is a disc's diameter and stays close
-    to one cell's width in the chains and clumps of overlapping red cells that
-    thick smears are made of, where counting cells or taking distance-transform
-    maxima would not. White-cell diameter = red-cell width x 12 / 7.5.
+    about 7.5 µm across, while white cells vary from 7 to 18 µm. Their size is
+    the mode of the granulometry of the red-cell mask (:func:`red_cell_diameter`),
+    which holds for isolated cells, chains and crowded overlapping fields
+    alike. White-cell diameter = red-cell diameter x 12 / 7.5. Large images
+    are measured in a central window (``scale_pixels``): a smear has red cells
+    everywhere.
 
     With too few red cells (a single-cell crop, a frame of white cells) the
     largest nucleus is the yardstick instead, taken as 0.75 of its cell.
     """
     h, w = maps.density.shape
-    red = (maps.density > 1.5 * tuning.cyto_density) & (maps.nuclear < 0.6 * tuning.nuclear_od)
-    red = cv2.morphologyEx(red.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    width = _mean_width(fill_small_holes(red, 0.004 * h * w))
-    for _ in range(2):  # fill the pale centres, now that their size is known
-        if width is None:
-            break
-        width = _mean_width(fill_small_holes(red, np.pi * (0.75 * width) ** 2))
-    if width is not None and red.sum() >= 0.02 * h * w and width >= 4.0:
-        return width * WBC_DIAMETER_UM / RBC_DIAMETER_UM
+    red = red_cell_mask(maps, tuning)
+    if red.sum() >= 0.02 * h * w:
+        red = _central_window(red, tuning.scale_pixels)
+        rbc = red_cell_diameter(fill_pale_centres(red))
+        if rbc is not None and rbc >= 2.0:  # however coarse: a finer copy can refine it
+            return rbc * WBC_DIAMETER_UM / RBC_DIAMETER_UM
     nuc = (maps.nuclear > tuning.nuclear_od).astype(np.uint8)
     nuc = cv2.morphologyEx(nuc, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
     contours, _ = cv2.findContours(nuc, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -576,6 +695,70 @@ def _nucleus_gap(lab: np.ndarray, joined: np.ndarray, a: int, b: int) -> float:
     return float(dist[nuc_b].min())
 
 
+def _nucleus_radii(
+    lab: np.ndarray,
+    joined: np.ndarray,
+    n: int,
+    d: float,
+    frame_sides: tuple[bool, bool, bool, bool],
+) -> np.ndarray:
+    """Radius of the thickest nuclear body of each part 0..n (its deepest distance-transform value).
+
+    Nuclei cut by the frame edge are taken to go on beyond it (the mask is
+    extended by replication there, by one expected cell diameter ``d``), so a
+    cut round nucleus is not mistaken for a thin lobe.
+    """
+    left, top, right, bottom = frame_sides
+    pad = max(1, int(np.ceil(d)))
+    pads = (top * pad, bottom * pad, left * pad, right * pad)
+    lab_p = cv2.copyMakeBorder(lab.astype(np.int32), *pads, cv2.BORDER_REPLICATE)
+    nuc_p = cv2.copyMakeBorder((joined > 0).astype(np.uint8), *pads, cv2.BORDER_REPLICATE)
+    out = np.zeros(n + 1, np.float32)
+    for i in range(1, n + 1):
+        nuc = ((lab_p == i) & (nuc_p > 0)).astype(np.uint8)
+        if nuc.any():
+            out[i] = float(cv2.distanceTransform(nuc, cv2.DIST_L2, 3).max())
+    return out
+
+
+def _parts_at_frame_edge(
+    lab: np.ndarray, n: int, frame_sides: tuple[bool, bool, bool, bool]
+) -> np.ndarray:
+    """Which parts 0..n reach a side of ``lab`` that lies on the frame edge."""
+    out = np.zeros(n + 1, dtype=bool)
+    left, top, right, bottom = frame_sides
+    for on_edge, line in ((left, lab[:, 0]), (top, lab[0]), (right, lab[:, -1]), (bottom, lab[-1])):
+        if on_edge:
+            out[line] = True
+    out[0] = False
+    return out
+
+
+def notch_depth(mask: np.ndarray) -> float:
+    """Depth in pixels of the deepest concavity of the largest outline in ``mask``."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return 0.0
+    contour = max(contours, key=cv2.contourArea)
+    if len(contour) < 4:
+        return 0.0
+    hull = cv2.convexHull(contour, returnPoints=False)
+    try:
+        defects = cv2.convexityDefects(contour, hull)
+    except cv2.error:  # self-intersecting outlines of one-pixel necks
+        return 0.0
+    return 0.0 if defects is None else float(defects.reshape(-1, 4)[:, 3].max()) / 256.0
+
+
+def _one_cut_cell(
+    lab: np.ndarray, a: int, b: int, at_edge: np.ndarray, area: np.ndarray, d: float, t: Tuning
+) -> bool:
+    """Whether parts ``a`` and ``b``, both cut by the frame edge, are pieces of one cell."""
+    if not (at_edge[a] and at_edge[b]) or area[a] + area[b] > t.edge_union * d * d:
+        return False
+    return notch_depth((lab == a) | (lab == b)) <= t.edge_notch * d
+
+
 def merge_parts(
     lab: np.ndarray,
     joined: np.ndarray,
@@ -599,6 +782,17 @@ def merge_parts(
       touch (``lobe_gap`` x D) are one granulocyte whose lobes were taken for
       nuclei. Two touching cells each keep a rim of cytoplasm around their
       nucleus; blasts are mostly nucleus, so their clusters are not joined.
+      Where the pale cytoplasm of a neutrophil is hardly seen, its parts look
+      nucleus-rich; they still count as lobes when no part's nucleus is thicker
+      than a lobe (``lobe_radius``) and nucleus is under ``lobed_nf`` of them,
+      or when the nucleus is thin whatever the cytoplasm (``thin_lobe``): a
+      blast's round nucleus is thick.
+    - Two parts that both reach the frame edge and share a long border are
+      pieces of one cut cell when together they are no larger than a cell
+      (``edge_union`` x D^2) and their outline has no notch between them
+      (``edge_notch`` x D): the visible part of one cell is convex, two cells
+      meet in a notch. Lobes cut apart by the edge (their link lies outside
+      the frame) and a nucleus seeded twice leave such pieces.
     """
     if n < 2:
         return lab
@@ -625,10 +819,18 @@ def merge_parts(
         )
         if lobe or area[i] < tuning.min_part * d * d:
             parent[_root(parent, i)] = _root(parent, j)
+    radii = _nucleus_radii(lab, joined, n, d, frame_sides)
+    lobed = ((frac < tuning.lobed_nf) & (radii < tuning.lobe_radius * d)) | (
+        radii < tuning.thin_lobe * d
+    )
+    at_edge = _parts_at_frame_edge(lab, n, frame_sides)
     for (a, b), c in inner.items():
         contact = c >= tuning.granulocyte_contact * min(border[a], border[b])
-        granular = max(frac[a], frac[b]) < tuning.granulocyte_nf
-        if contact and granular and _nucleus_gap(lab, joined, a, b) <= tuning.lobe_gap * d:
+        if not contact:
+            continue
+        granular = max(frac[a], frac[b]) < tuning.granulocyte_nf or (lobed[a] and lobed[b])
+        lobes = granular and _nucleus_gap(lab, joined, a, b) <= tuning.lobe_gap * d
+        if lobes or _one_cut_cell(lab, a, b, at_edge, area, d, tuning):
             parent[_root(parent, a)] = _root(parent, b)
     roots = np.array([_root(parent, i) for i in range(n + 1)])
     return roots[lab]
@@ -748,33 +950,63 @@ class CellFinder:
     def _working_image(self, bgr: np.ndarray) -> tuple[np.ndarray, StainMaps, float, float]:
         """(working image, its stain maps, working px per frame px, D in working px).
 
-        Without a known diameter the scale is measured on a small coarse copy
-        (``coarse_side``), then the frame is reduced once, straight to the scale
-        where D is ``working_diameter`` pixels.
+        Without a known diameter the scale is measured on the frame itself
+        (:meth:`_measure_scale`); then the frame is reduced to the scale where
+        D is ``working_diameter`` pixels, unless a copy made while measuring is
+        close enough to it. A larger copy is reduced rather than the frame:
+        area averaging of a whole frame costs more than the rest of the finder.
         """
         t = self.tuning
-        h, w = bgr.shape[:2]
+        w = bgr.shape[1]
         diameter = self.known_diameter
-        coarse: tuple[np.ndarray, StainMaps, float] | None = None
+        copies: list[tuple[np.ndarray, StainMaps, float]] = []
         bg = None
         if diameter is None:
-            s0 = min(1.0, t.coarse_side / max(h, w))
-            small = shrink(bgr, s0)
-            bg = background_grid(small)
-            small_maps = stain_maps(small, bg)
-            est = estimate_cell_diameter(small_maps, t)
-            d0 = est if est is not None else min(small.shape[:2]) / 4.0
-            d0 = float(np.clip(d0, 6.0, 1.5 * min(small.shape[:2])))
-            diameter = d0 / s0
-            coarse = (small, small_maps, s0)
+            diameter, copies, bg = self._measure_scale(bgr)
         scale = min(1.0, t.working_diameter / diameter)
-        if coarse is not None and abs(scale - coarse[2]) <= 0.1 * coarse[2]:
-            img, maps, scale = coarse
+        near = [c for c in copies if abs(scale - c[2]) <= t.reuse_scale * c[2]]
+        larger = [c for c in copies if c[2] > scale]
+        if near:
+            img, maps, _ = near[-1]
         else:
-            img = shrink(bgr, scale)
+            src, src_scale = (larger[0][0], larger[0][2]) if larger else (bgr, 1.0)
+            img = shrink(src, scale / src_scale)
             maps = stain_maps(img, bg)
         scale = img.shape[1] / w  # the exact ratio after rounding the size
         return img, maps, scale, diameter * scale
+
+    def _measure_scale(
+        self, bgr: np.ndarray
+    ) -> tuple[float, list[tuple[np.ndarray, StainMaps, float]], np.ndarray]:
+        """(D in frame pixels, the reduced copies it was measured on, their background grid).
+
+        First on a small coarse copy (``coarse_side``). Where red cells are
+        narrower than ``fine_rbc`` pixels there, their outlines and pale
+        centres are blurred away, so it is measured again on a larger copy: at
+        the working scale the first estimate implies, kept within 1.3-2.5x the
+        coarse scale. That copy usually becomes the working image.
+        """
+        t = self.tuning
+        h, w = bgr.shape[:2]
+        s0 = min(1.0, t.coarse_side / max(h, w))
+        small = shrink(bgr, s0)
+        bg = background_grid(small)
+        small_maps = stain_maps(small, bg)
+        copies = [(small, small_maps, s0)]
+        est = estimate_cell_diameter(small_maps, t)
+        d0 = est if est is not None else min(small.shape[:2]) / 4.0
+        d0 = float(np.clip(d0, 6.0, 1.5 * min(small.shape[:2])))
+        rbc0 = d0 * RBC_DIAMETER_UM / WBC_DIAMETER_UM
+        if est is None or rbc0 >= t.fine_rbc or s0 >= 1.0:
+            return d0 / s0, copies, bg
+        s_work = t.working_diameter / d0 * s0
+        s1 = min(1.0, float(np.clip(s_work, 1.3 * s0, 2.5 * s0)))
+        fine = shrink(bgr, s1)
+        s1 = fine.shape[1] / w
+        fine_maps = stain_maps(fine, bg)
+        copies.append((fine, fine_maps, s1))
+        est1 = estimate_cell_diameter(fine_maps, t)
+        return (est1 / s1 if est1 is not None else d0 / s0), copies, bg
 
     def segment(self, frame_bgr: np.ndarray) -> Segmentation | None:
         """Working-scale segmentation of a frame; None when it is too small to hold a cell."""
@@ -808,7 +1040,7 @@ class CellFinder:
             from leukedge.runtime.preprocess import crop_cell
 
             for c in cells:
-                c.crop = crop_cell(frame, c.box, self.spec, c.mask)
+                c.crop = crop_cell(frame, c.box, self.spec, c.mask, c.full_diameter, c.full_centre)
         return cells
 
 
@@ -852,15 +1084,56 @@ def cells_from_segmentation(seg: Segmentation, frame_hw: tuple[int, int], t: Tun
         cy = (y0 + m["m01"] / m["m00"] + 0.5) / s - 0.5
         diam = 2.0 * np.sqrt(m["m00"] / np.pi) / d
         score = 0.5 * min(1.0, stain95 / (2.0 * t.nuclear_od)) + 0.5 * _size_plausibility(diam)
-        out.append(
-            Cell(
-                box=(fx0 + bx, fy0 + by, fx0 + bx + bw, fy0 + by + bh),
-                centroid=(float(cx), float(cy)),
-                mask=mask.astype(bool),
-                area=int(cv2.countNonZero(mask)),
-                touches_edge=bool(x0 == 0 or y0 == 0 or x1 == w or y1 == h),
-                score=float(np.clip(score, 0.0, 1.0)),
-            )
+        cell = Cell(
+            box=(fx0 + bx, fy0 + by, fx0 + bx + bw, fy0 + by + bh),
+            centroid=(float(cx), float(cy)),
+            mask=mask.astype(bool),
+            area=int(cv2.countNonZero(mask)),
+            touches_edge=bool(x0 == 0 or y0 == 0 or x1 == w or y1 == h),
+            score=float(np.clip(score, 0.0, 1.0)),
         )
+        if cell.touches_edge:
+            whole = whole_cell_circle(cell.mask, cell.box, (H, W), d / s)
+            if whole is not None:
+                cell.full_centre, cell.full_diameter = whole[:2], whole[2]
+        out.append(cell)
     out.sort(key=lambda c: (c.box[1], c.box[0]))
     return out
+
+
+def whole_cell_circle(
+    mask: np.ndarray, box: tuple[int, int, int, int], frame_hw: tuple[int, int], d: float
+) -> tuple[float, float, float] | None:
+    """(x, y, diameter) of the whole of a cell cut by the frame edge, in frame pixels, or None.
+
+    A circle is fitted (least squares, Kasa) to the cell's outline inside the
+    frame, leaving out the straight cut along the frame edge. The fit is kept
+    when it is plausible: not much narrower than the visible part (an uneven
+    outline makes the box wider than the circle), at most 1.7 expected
+    diameters ``d`` and holding the visible part's centre; else None (the
+    visible box is then all there is to go by). The diameter is never less
+    than the visible box's longer side. Box coordinates: pixel i spans i..i+1.
+    """
+    H, W = frame_hw
+    x0, y0, x1, y1 = box
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    pts = max(contours, key=len).reshape(-1, 2).astype(np.float64) + (x0 + 0.5, y0 + 0.5)
+    inside = (pts[:, 0] > 1.0) & (pts[:, 0] < W - 1.0) & (pts[:, 1] > 1.0) & (pts[:, 1] < H - 1.0)
+    pts = pts[inside]
+    if len(pts) < 8:
+        return None
+    a = np.column_stack([pts, np.ones(len(pts))])
+    (p, q, c), *_ = np.linalg.lstsq(a, (pts**2).sum(axis=1), rcond=None)
+    cx, cy = p / 2.0, q / 2.0
+    r2 = c + cx * cx + cy * cy
+    if not r2 > 0:
+        return None
+    diameter = 2.0 * float(np.sqrt(r2))
+    visible = max(x1 - x0, y1 - y0)
+    mid = ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+    holds_mid = np.hypot(mid[0] - cx, mid[1] - cy) < diameter / 2.0
+    if not (0.7 * visible <= diameter <= 1.7 * d and holds_mid):
+        return None
+    return float(cx), float(cy), max(diameter, float(visible))

@@ -168,7 +168,14 @@ class CaptureThread(threading.Thread):
             return cell.crop
         from leukedge.runtime.preprocess import crop_cell
 
-        return crop_cell(image, cell.box, self.classifier.spec, cell.mask)
+        return crop_cell(
+            image,
+            cell.box,
+            self.classifier.spec,
+            cell.mask,
+            cell.full_diameter,
+            cell.full_centre,
+        )
 
 
 # --------------------------------------------------------------------------- run state

@@ -83,6 +83,8 @@ def crop_cell(
     box: tuple[int, int, int, int],
     spec: ModelSpec,
     mask: np.ndarray | None = None,
+    diameter_px: float | None = None,
+    centre: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Cut one cell out of a camera frame the way the model's training images showed cells.
 
@@ -91,11 +93,16 @@ def crop_cell(
     side is the cell diameter divided by ``spec.cell_fraction``; parts outside the
     frame are black. For ``masked`` specs every pixel outside the cell mask is black
     too, like C-NMC's segmented cells.
+
+    The diameter is the box's longer side unless ``diameter_px`` is given, and the
+    centre is the box's unless ``centre`` (x, y) is given, in the box's coordinates
+    (pixel i spans i..i+1). A cell cut by the frame edge shows only part of itself:
+    its whole diameter and centre keep it at the training scale and in the middle.
     """
     x0, y0, x1, y1 = (int(v) for v in box)
     bw, bh = max(1, x1 - x0), max(1, y1 - y0)
-    side = crop_side_for(max(bw, bh), spec)
-    cx, cy = x0 + bw / 2.0, y0 + bh / 2.0
+    side = crop_side_for(max(bw, bh) if diameter_px is None else float(diameter_px), spec)
+    cx, cy = (x0 + bw / 2.0, y0 + bh / 2.0) if centre is None else (float(c) for c in centre)
     sx0, sy0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
     out = np.zeros((side, side, 3), dtype=np.uint8)
     fh, fw = frame_bgr.shape[:2]
@@ -114,6 +121,6 @@ def crop_cell(
             if ys1 > ys0 and xs1 > xs0:
                 keep[ys0:ys1, xs0:xs1] = m[ys0 - my0 : ys1 - my0, xs0 - mx0 : xs1 - mx0]
         else:
-            keep[max(0, y0 - sy0) : y1 - sy0, max(0, x0 - sx0) : x1 - sx0] = True
+            keep[max(0, y0 - sy0) : max(0, y1 - sy0), max(0, x0 - sx0) : max(0, x1 - sx0)] = True
         out[~keep] = 0
     return out
