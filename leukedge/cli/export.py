@@ -1,0 +1,155 @@
+"""`leukedge export` and `leukedge build-engine`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from leukedge.cli.common import (
+    app,
+    console,
+    err_console,
+    fmt,
+    friendly_errors,
+    print_json,
+)
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+@app.command()
+@friendly_errors
+def export(
+    run: Path = typer.Argument(..., help="Run dir made by `leukedge train`."),
+    precision: str = typer.Option("fp32,fp16,int8", help="Comma list of fp32, fp16, int8."),
+    calib_method: str = typer.Option(
+        "minmax", help="INT8 calibration: minmax | entropy | percentile"
+    ),
+    calib_size: int | None = typer.Option(
+        None, help="Calibrate on N val images (stratified by class and subject); default all."
+    ),
+    opset: int = typer.Option(18, help="ONNX opset (>= 18: the exporter's lowest)."),
+    data: Path | None = typer.Option(None, help="The run's data, if it moved since training."),
+    as_json: bool = typer.Option(False, "--json", help="Print export.json."),
+) -> None:
+    """Export to ONNX: FP32, FP16 (I/O fp32) and INT8 Q/DQ calibrated on the validation split.
+
+    Writes RUN/export/model.{fp32,fp16,int8}.onnx, calibration.json and export.json with
+    each file's size, sha256 and parity against PyTorch on the validation split.
+    Example: leukedge export runs/r50 --precision fp16,int8 --calib-method entropy
+    """
+    from leukedge.export import export_run
+    from leukedge.export.onnx_export import ExportError
+    from leukedge.progress import RichReporter
+
+    if as_json:
+        record = export_run(run, precision, calib_method, calib_size, opset, data)
+        print_json(record)
+        return
+    with RichReporter(console) as rep:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = rep.task(stage, total)
+            rep.progress.update(tasks[stage], completed=done, total=total)
+
+        try:
+            record = export_run(run, precision, calib_method, calib_size, opset, data, progress)
+        except ExportError as e:
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}")
+            record = None
+    if record is None:
+        raise typer.Exit(2)
+    console.print(export_table(record))
+    for w in record["warnings"]:
+        console.print(f"[yellow]note:[/] {escape(w)}")
+    console.print(f"written to {Path(run) / 'export'} (export.json has every figure)")
+    console.print(f"next: leukedge bench {run}   or on a Jetson: leukedge build-engine {run}")
+
+
+def export_table(record: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"{record['arch']} exported; parity vs PyTorch on {record['parity_images']} {record['parity_split']} images"
+    )
+    for col in ("precision", "MB", "agreement", "max |Δlogit|", "mean |Δlogit|", "Δ accuracy"):
+        table.add_column(col, justify="right")
+    for precision, entry in record["files"].items():
+        parity = entry.get("parity_qdq_reference") or entry.get("parity") or {}
+        table.add_row(
+            precision,
+            f"{entry['size_bytes'] / 1e6:.1f}",
+            fmt(parity.get("agreement")),
+            _fmt_sci(parity.get("max_abs_diff")),
+            _fmt_sci(parity.get("mean_abs_diff")),
+            fmt(parity.get("accuracy_delta")),
+        )
+    return table
+
+
+def _fmt_sci(v: Any) -> str:
+    return f"{v:.2e}" if isinstance(v, float) else "-"
+
+
+@app.command("build-engine")
+@friendly_errors
+def build_engine(
+    target: Path = typer.Argument(..., help="Run dir (uses its export/) or one MODEL.onnx."),
+    precision: str | None = typer.Option(
+        None, help="Comma list of fp16, int8, fp32 (default: every exported one)."
+    ),
+    max_batch: int = typer.Option(
+        32, help="Largest batch of the optimization profile (min 1, opt 8)."
+    ),
+    workspace_mb: int | None = typer.Option(None, help="Builder workspace limit in MiB."),
+    dla_core: int | None = typer.Option(
+        None, help="Build for this DLA core (Jetson AGX/NX), GPU fallback on."
+    ),
+    out: Path | None = typer.Option(None, help="Engines root (default: RUN/engines)."),
+    force: bool = typer.Option(
+        False, "--force", help="Rebuild even when a matching engine is cached."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", help="TensorRT's verbose log."),
+) -> None:
+    """Build TensorRT engines from the exported ONNX, on the device that will run them.
+
+    Precision lives in the ONNX graph (FP16 weights, INT8 Q/DQ): engines are built strongly
+    typed, cached by (TensorRT version, GPU, precision, ONNX sha256, flags) under
+    engines/<trt>_<gpu>_sm<cc>/ with a sidecar JSON, and reused when nothing changed.
+    Example (on a Jetson): leukedge build-engine runs/r50 --precision fp16,int8 --max-batch 16
+    """
+    from leukedge.export.engine_plan import EngineBuildError
+    from leukedge.export.tensorrt import build_engines
+
+    try:
+        results = build_engines(
+            target,
+            _split_list(precision),
+            max_batch,
+            workspace_mb,
+            dla_core,
+            out,
+            force,
+            log=lambda m: err_console.print(m),
+            verbose=verbose,
+        )
+    except (EngineBuildError, ValueError) as e:
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}")
+        raise typer.Exit(2) from None
+    table = Table(title="TensorRT engines")
+    for col in ("precision", "engine", "status", "build s"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(
+            r.sidecar.precision,
+            str(r.engine_path),
+            "reused" if r.reused else "built",
+            fmt(r.sidecar.build_seconds, 1),
+        )
+    console.print(table)

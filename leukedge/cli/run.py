@@ -1,0 +1,181 @@
+"""`leukedge run`: the microscope pipeline from the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from leukedge.cli.common import (
+    app,
+    console,
+    fmt,
+    friendly_errors,
+    print_json,
+)
+
+
+def _run_table(summary: dict[str, Any]) -> Table:
+    """The end-of-run numbers a lab reads first: counts, blast ratio, speed."""
+    table = Table(title=f"leukedge run: {summary['status']}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    frames, cells, br = summary["frames"], summary["cells"], summary["blast_ratio"]
+    table.add_row("frames", f"{frames['processed']} processed, {frames['skipped']} skipped")
+    by_class = ", ".join(f"{c} {n}" for c, n in cells["by_class"].items())
+    table.add_row("cells", f"{cells['total']} ({by_class}; {cells['touching_edge']} at the edge)")
+    if br["ratio"] is None:
+        table.add_row("blast ratio", "-")
+    else:
+        lo, hi = br["ci95"]
+        table.add_row("blast ratio", f"{br['ratio']:.3f}  (95% CI {lo:.3f}-{hi:.3f}, Wilson)")
+    fps = summary["throughput"]["frames_per_s"]
+    table.add_row("frames/s", fmt(fps, 2))
+    b = summary["backend"]
+    table.add_row("backend", f"{b['chosen']} on {b['device']} ({b['reason']})")
+    return table
+
+
+def _latency_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="latency per stage (ms)")
+    for col in ("stage", "n", "p50", "p90", "p99", "max"):
+        table.add_column(col, justify="right")
+    for stage, s in summary["latency_ms"].items():
+        table.add_row(
+            stage, str(s["n"]), *(fmt(s[k], 1) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms"))
+        )
+    return table
+
+
+@app.command("run")
+@friendly_errors
+def run_command(
+    model: Path = typer.Argument(
+        ..., help="Run dir (its export/model.*.onnx and engines/), an .onnx or an .engine."
+    ),
+    source: str = typer.Option(
+        ...,
+        "--source",
+        "-s",
+        help="Image, folder or glob of images, video file, camera:N, csi:N[:WxH@FPS], "
+        "rtsp://..., gst:PIPELINE.",
+    ),
+    backend: str = typer.Option(
+        "auto", help="auto (time every backend that runs here, keep the fastest) | ort | trt"
+    ),
+    precision: str = typer.Option("auto", help="auto | fp32 | fp16 | int8 (for a run dir)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: leukedge-run/<date-time>)."
+    ),
+    show: bool = typer.Option(
+        False, "--show", help="Live window with boxes, labels and counts (q or Esc quits)."
+    ),
+    cell_diameter_px: float | None = typer.Option(
+        None, "--cell-diameter-px", help="White-cell diameter in frame pixels (default: measured)."
+    ),
+    um_per_px: float | None = typer.Option(
+        None, "--um-per-px", help="Microns per pixel of the camera (instead of --cell-diameter-px)."
+    ),
+    batch: int = typer.Option(8, "--batch", min=1, help="Most cells classified in one batch."),
+    max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Stop after N frames."),
+    annotate: bool = typer.Option(
+        True, "--annotate/--no-annotate", help="Write annotated PNGs / annotated.mp4."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of tables."),
+) -> None:
+    """Find, classify and count white cells in frames; writes cells.jsonl, summary.json, annotated frames.
+
+    Ctrl-C (or q in the --show window) stops cleanly with every output written.
+    Exit code 1 when the source failed mid-stream (outputs up to then are kept).
+    Example: leukedge run runs/r50 --source camera:0 --show --um-per-px 0.25
+    """
+    import time
+
+    from leukedge.runtime.cells import CellFinder
+    from leukedge.runtime.classifier import Classifier
+    from leukedge.runtime.pipeline import run_pipeline
+    from leukedge.runtime.sources import open_source
+
+    if cell_diameter_px is not None and um_per_px is not None:
+        raise typer.BadParameter("give --cell-diameter-px or --um-per-px, not both")
+    if show:
+        from leukedge.runtime.display import require_display
+
+        require_display()
+    out = out or Path("leukedge-run") / time.strftime("%Y%m%d-%H%M%S")
+    src = open_source(source, max_frames=max_frames)
+    try:
+        if as_json:
+            clf = Classifier.load(model, backend, device, precision, batch)
+        else:
+            with console.status("choosing the backend (timing each candidate)"):
+                clf = Classifier.load(model, backend, device, precision, batch)
+            console.print(f"backend [bold]{clf.backend.name}[/]: {clf.selection.reason}")
+            for note in clf.selection.notes:
+                console.print(f"[yellow]note:[/] {escape(note)}")
+        finder = CellFinder.from_spec(
+            clf.spec, cell_diameter_px=cell_diameter_px, um_per_px=um_per_px
+        )
+        with clf:
+            summary = _run_with_progress(
+                lambda progress: run_pipeline(
+                    clf,
+                    src,
+                    out,
+                    finder=finder,
+                    batch=batch,
+                    annotate=annotate,
+                    show=show,
+                    progress=progress,
+                    model_name=str(model),
+                ),
+                src,
+                quiet=as_json,
+            )
+    finally:
+        src.close()
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(_run_table(summary))
+        console.print(_latency_table(summary))
+        for skip in summary["skipped_frames"][:10]:
+            console.print(f"[yellow]skipped[/] {skip['name']}: {skip['reason']}")
+        if summary["frames"]["skipped"] > 10:
+            console.print(f"... {summary['frames']['skipped'] - 10} more in summary.json")
+        if summary["message"]:
+            console.print(f"[yellow]{summary['status']}:[/] {summary['message']}")
+        console.print(f"outputs in [bold]{out}[/] (cells.jsonl, summary.json, annotated)")
+    if summary["status"] == "source_error":
+        raise typer.Exit(1)
+
+
+def _run_with_progress(
+    work: Callable[[Callable[[dict[str, Any]], None] | None], dict[str, Any]],
+    source: Any,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Run ``work`` with a live line of frames, cells, ALL count and frames/s."""
+    if quiet:
+        return work(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("[bold]frames"), BarColumn(), MofNCompleteColumn()]
+    columns += [TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("run", total=getattr(source, "total", None), info="")
+
+        def update(s: dict[str, Any]) -> None:
+            fps = f"{s['fps']:.1f}" if s["fps"] else "-"
+            info = (
+                f"cells {s['cells']}  {s['positive_class'].upper()} {s['positive']}  "
+                f"skipped {s['skipped']}  {fps} frames/s"
+            )
+            bar.update(task, completed=s["frames"], info=info)
+
+        return work(update)

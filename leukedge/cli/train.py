@@ -1,0 +1,147 @@
+"""`leukedge train` and `leukedge evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from leukedge.cli.common import (
+    app,
+    confusion_table,
+    console,
+    fmt,
+    friendly_errors,
+    metrics_table,
+    print_json,
+)
+
+
+@app.command()
+@friendly_errors
+def train(
+    data: Path = typer.Option(
+        ..., "--data", help="Dataset folder (see `leukedge data check --help`)."
+    ),
+    model: str = typer.Option("cnn", "--model", help="cnn | resnet50 | vit-hybrid"),
+    arch: str | None = typer.Option(
+        None, "--arch", help="Any timm model name (overrides --model)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Run dir to create (runs/NAME)."),
+    epochs: int = typer.Option(50, help="Maximum epochs (early stopping may end sooner)."),
+    batch_size: int = typer.Option(32, help="Images per step (per process under torchrun)."),
+    img_size: int = typer.Option(224, help="Model input size in pixels."),
+    lr: float | None = typer.Option(
+        None, help="Peak learning rate (default 1e-3 for cnn, 3e-4 for timm models)."
+    ),
+    weight_decay: float = typer.Option(0.05, help="AdamW weight decay."),
+    optimizer: str = typer.Option("adamw", help="adamw | adam"),
+    patience: int = typer.Option(
+        10, help="Stop after this many epochs without a better val weighted F1."
+    ),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    pretrained: str | None = typer.Option(
+        None, help="'timm' for hub weights, or a local weights file."
+    ),
+    split: str = typer.Option("subject", help="subject (70/15/15 by patient) | official (C-NMC)"),
+    seed: int = typer.Option(0, help="Seed for the split, initialisation and augmentation."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last epoch."
+    ),
+    workers: int = typer.Option(2, help="DataLoader worker processes."),
+    crop_style: str | None = typer.Option(
+        None, help="masked | context (default: from the layout)."
+    ),
+    layout: str = typer.Option("auto", help="auto | cnmc | allidb2 | folders | synthetic"),
+) -> None:
+    """Train a classifier; writes spec.json, checkpoint.pt, split.json, history, plots, metrics.
+
+    Example: leukedge train --model resnet50 --data ~/data/C-NMC_Leukemia --out runs/r50
+    Multi-GPU: torchrun --nproc-per-node 4 -m leukedge train ... (same arguments).
+    """
+    from leukedge.progress import RichReporter
+    from leukedge.train.config import TrainConfig
+    from leukedge.train.loop import train as run_training
+
+    cfg = TrainConfig(
+        model=arch or model,
+        data=str(data),
+        out=str(out),
+        epochs=epochs,
+        batch_size=batch_size,
+        img_size=img_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        optimizer=optimizer,
+        patience=patience,
+        device=device,
+        pretrained=pretrained,
+        split=split,
+        seed=seed,
+        workers=workers,
+        crop_style=crop_style,
+        layout=layout,
+    )
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    with RichReporter(console) as rep:
+        result = run_training(cfg, resume=resume, reporter=rep)
+    if not result:  # a non-zero rank under torchrun
+        return
+    if result.get("test"):
+        console.print(metrics_table(f"test split ({result['split_unit']}-level)", result["test"]))
+        console.print(confusion_table(result["test"]))
+    console.print(
+        f"best epoch {result['best_epoch']} of {result['epochs_run']}; run dir [bold]{out}[/] "
+        "(spec.json, checkpoint.pt, split.json, history.csv, curves.png, confusion.png, "
+        "metrics.json)"
+    )
+    console.print(f"next: leukedge export {out}")
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    run: Path = typer.Argument(..., help="Run dir made by `leukedge train`."),
+    data: Path | None = typer.Option(None, help="Another copy of the data, or another dataset."),
+    split: str = typer.Option("test", help="train | val | test | all"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    workers: int = typer.Option(2, help="DataLoader worker processes."),
+    out: Path | None = typer.Option(
+        None, help="JSON output (default: RUN/eval_<layout>_<split>.json)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Evaluate a run's best checkpoint on a split (per-subject accuracy included).
+
+    Example: leukedge evaluate runs/r50 --split test
+    """
+    from leukedge.progress import Reporter, RichReporter
+    from leukedge.train.evaluate_run import evaluate_run
+
+    if as_json:
+        result = evaluate_run(run, data, split, device, batch_size, workers, out, Reporter())
+        print_json(result)
+        return
+    with RichReporter(console) as rep:
+        result = evaluate_run(run, data, split, device, batch_size, workers, out, rep)
+    for note in result["notes"]:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    console.print(metrics_table(f"{result['split']} split of {result['data']}", result["metrics"]))
+    console.print(confusion_table(result["metrics"]))
+    if result["per_subject"]:
+        table = Table(title="per subject")
+        for col in ("subject", "class", "images", "accuracy"):
+            table.add_column(col, justify="right")
+        for s, v in result["per_subject"].items():
+            table.add_row(s, v["class"], str(v["n"]), fmt(v["accuracy"], 3))
+        console.print(table)
+    console.print(f"written to {result['written_to']}")
+
+
+# ---------------------------------------------------------------------------- demo
