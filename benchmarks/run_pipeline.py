@@ -28,6 +28,7 @@ from leukedge.io import atomic_write_json, atomic_write_text
 from leukedge.runtime.backends.ort import precision_of
 from leukedge.runtime.cells import CellFinder
 from leukedge.runtime.classifier import Classifier
+from leukedge.runtime.detection_eval import load_xyc
 from leukedge.runtime.pipeline import STAGES, run_pipeline
 from leukedge.runtime.sources import open_source
 
@@ -41,6 +42,39 @@ def models_for(run: Path, precisions: list[str]) -> dict[str, Path | None]:
     folder = run / "export" if (run / "spec.json").is_file() else run
     paths = {p: folder / f"model.{p}.onnx" for p in precisions}
     return {p: path if path.is_file() else None for p, path in paths.items()}
+
+
+def cell_calls(out: Path, xyc_dir: Path, positive: str) -> dict[str, Any]:
+    """How the cells of ALL-IDB1 frames were called, where the truth is known.
+
+    Frames ``ImXXX_0`` come from healthy subjects: every cell there should be called
+    HEM. In ``ImXXX_1`` frames only blasts are annotated (a centroid each): a cell whose
+    box holds a blast centroid should be called ALL; other cells of those frames are
+    not judged (they may be blasts left unannotated or normal cells).
+    """
+    by_frame: dict[str, list[dict[str, Any]]] = {}
+    with open(out / "cells.jsonl") as f:
+        for line in f:
+            cell = json.loads(line)
+            by_frame.setdefault(cell["name"], []).append(cell)
+    healthy = healthy_pos = blasts = blasts_pos = 0
+    for name, cells in by_frame.items():
+        if Path(name).stem.endswith("_0"):
+            healthy += len(cells)
+            healthy_pos += sum(c["class"] == positive for c in cells)
+            continue
+        points = load_xyc(xyc_dir / (Path(name).stem + ".xyc"))
+        for c in cells:
+            x0, y0, x1, y1 = c["box"]
+            if any(x0 <= x < x1 and y0 <= y < y1 for x, y in points):
+                blasts += 1
+                blasts_pos += c["class"] == positive
+    return {
+        "healthy_frame_cells": healthy,
+        "healthy_frame_cells_called_all": healthy_pos,
+        "blast_cells": blasts,
+        "blast_cells_called_all": blasts_pos,
+    }
 
 
 def measure(model: Path, frames: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -76,6 +110,7 @@ def measure(model: Path, frames: str, out: Path, args: argparse.Namespace) -> di
         "wall_s": round(wall, 2),
         "latency_ms": s["latency_ms"],
         "skipped_frames": s["skipped_frames"],
+        "calls": cell_calls(out, Path(args.data) / "all-idb1" / "xyc", clf.spec.positive_class),
     }
 
 
@@ -104,6 +139,20 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {p} | {r['frames_per_s']:.2f} | {r['cells_per_s']:.1f} | {r['cells']} | "
             f"{r['all_count']} | " + " | ".join(lat) + " |"
+        )
+    lines += [
+        "",
+        "Cells called ALL where the truth is known (healthy-subject frames `ImXXX_0`: every "
+        "cell is normal; blast cells: a detection whose box holds an annotated blast centroid):",
+        "",
+        "| precision | healthy-frame cells called ALL | blast cells called ALL |",
+        "|---|---:|---:|",
+    ]
+    for p, r in rows.items():
+        c = r["calls"]
+        lines.append(
+            f"| {p} | {c['healthy_frame_cells_called_all']}/{c['healthy_frame_cells']} | "
+            f"{c['blast_cells_called_all']}/{c['blast_cells']} |"
         )
     lines += [
         "",
