@@ -235,3 +235,20 @@ def test_augmentation_is_seeded_and_keeps_masked_background_black() -> None:
     c = augment(img, spec, np.random.default_rng([1, 2, 4]))
     assert a.shape == (48, 48, 3) and np.array_equal(a, b) and not np.array_equal(a, c)
     assert a[0, 0].max() == 0 and a[24, 24].max() > 0
+
+
+def test_pretrained_timm_without_the_hub_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    from leukedge.train.models import PretrainedError
+
+    real = timm.create_model
+
+    def offline(name: str, pretrained: bool = False, **kwargs):
+        if pretrained:
+            raise OSError("could not reach the weights hub")
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(PretrainedError, match="--pretrained PATH"):
+        build_model("resnet50", 2, 64, pretrained="timm")
