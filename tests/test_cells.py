@@ -471,19 +471,25 @@ realdata = pytest.mark.skipif(
 )
 
 
+def _bccd_totals(split: str) -> MatchResult:
+    """Detections on one BCCD image list matched to its WBC boxes (IoU >= 0.5, one-to-one)."""
+    if not (DATA / "bccd").is_dir():
+        pytest.skip(f"no BCCD under {DATA}")
+    finder = CellFinder()
+    total = MatchResult(0, 0, 0)
+    for path, truth in bccd_split(DATA / "bccd", split):
+        cells = finder.find(cv2.imread(str(path)))
+        total = total + match_boxes([c.box for c in cells], truth)
+    return total
+
+
 @pytest.mark.realdata
 @realdata
 def test_bccd_test_split_white_cells():
     """BCCD test list: IoU >= 0.5 one-to-one. Precision is held down by unannotated or
     mislabelled white cells, most of them cut by the frame edge, and by large edge cells
     still split in pieces (see benchmarks/results/cell_finder.md)."""
-    if not (DATA / "bccd").is_dir():
-        pytest.skip(f"no BCCD under {DATA}")
-    finder = CellFinder()
-    total = MatchResult(0, 0, 0)
-    for path, truth in bccd_split(DATA / "bccd", "test"):
-        cells = finder.find(cv2.imread(str(path)))
-        total = total + match_boxes([c.box for c in cells], truth)
+    total = _bccd_totals("test")
     assert total.recall >= 0.98, total
     assert total.precision >= 0.90, total
 
@@ -492,13 +498,7 @@ def test_bccd_test_split_white_cells():
 @realdata
 def test_bccd_trainval_white_cells():
     """BCCD train + val lists (the development frames), same rule as the test list."""
-    if not (DATA / "bccd").is_dir():
-        pytest.skip(f"no BCCD under {DATA}")
-    finder = CellFinder()
-    total = MatchResult(0, 0, 0)
-    for path, truth in bccd_split(DATA / "bccd", "trainval"):
-        cells = finder.find(cv2.imread(str(path)))
-        total = total + match_boxes([c.box for c in cells], truth)
+    total = _bccd_totals("trainval")
     assert total.recall >= 0.97, total
     assert total.precision >= 0.93, total
 
