@@ -1,0 +1,162 @@
+"""Scale: the expected white-cell diameter of a frame, measured on its red cells
+(granulometry of the red-cell mask) or, without them, on its largest nucleus."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from leukedge.runtime.cells.stain import StainMaps
+from leukedge.runtime.cells.types import RBC_DIAMETER_UM, WBC_DIAMETER_UM, Tuning
+
+
+def red_cell_mask(maps: StainMaps, tuning: Tuning) -> np.ndarray:
+    """Dense, non-nuclear pixels (red cells), with specks opened away; uint8 0/1."""
+    red = (maps.density > 1.5 * tuning.cyto_density) & (maps.nuclear < 0.6 * tuning.nuclear_od)
+    return cv2.morphologyEx(red.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+
+
+def fill_pale_centres(mask: np.ndarray) -> np.ndarray:
+    """Fill the pale centres of red cells: round holes smaller than half their outline.
+
+    A biconcave red cell is often a ring in the mask. Its centre is a round hole
+    well inside one outline; the background enclosed by a loop of touching red
+    cells is ragged (cusps where cells meet) or large, and is left open.
+    """
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return mask
+    parents = hierarchy[0][:, 3]
+    holes = []
+    for c, parent in zip(contours, parents, strict=True):
+        if parent < 0:
+            continue
+        if len(c) <= 4:  # a pinhole: fill it whatever it is
+            holes.append(c)
+            continue
+        area = cv2.contourArea(c)
+        _, radius = cv2.minEnclosingCircle(c)
+        if area <= 0.5 * cv2.contourArea(contours[parent]) and area >= 0.5 * np.pi * radius**2:
+            holes.append(c)
+    if not holes:
+        return mask
+    out = mask.copy()
+    cv2.drawContours(out, holes, -1, 1, -1)
+    return out
+
+
+def opening_areas(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Area of the morphological opening of ``mask`` by a disc of each radius.
+
+    The opening by radius r is every pixel within r of a point where a disc of
+    radius r fits (distance to the outside >= r): one distance transform, then
+    a threshold and a dilation per radius.
+    """
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_3)
+    out = np.zeros(len(radii))
+    for k, r in enumerate(radii):
+        centres = (dist >= r).astype(np.uint8)
+        if not centres.any():
+            break
+        out[k] = cv2.countNonZero(cv2.dilate(centres, _round_kernel(round(r, 2))) & mask)
+    return out
+
+
+@lru_cache(maxsize=256)
+def _round_kernel(radius: float) -> np.ndarray:
+    """Structuring element of the pixels within ``radius`` (not rounded) of the centre."""
+    n = int(np.ceil(radius - 1e-6))
+    yy, xx = np.mgrid[-n : n + 1, -n : n + 1]
+    return (xx * xx + yy * yy <= radius * radius).astype(np.uint8)
+
+
+def red_cell_diameter(mask: np.ndarray, radius: float = 8.0, step: float = 1.2) -> float | None:
+    """Typical red-cell diameter in ``mask`` (pale centres filled): the granulometry mode.
+
+    Each pixel belongs to the largest disc that fits in the mask and covers it.
+    In a union of overlapping red cells (chains, clumps, crowded fields) almost
+    every pixel lies in a disc the size of one red cell, so the area histogram
+    of those disc sizes (the pattern spectrum: area lost between successive
+    openings) peaks at the red-cell radius; specks and tight clumps only add
+    tails. Widths, areas and counts of connected regions all drift upwards
+    with crowding.
+
+    The mask is first reduced so that a disc of the depth most of it has is
+    ``radius`` pixels; radii 0.25-2.7x that, ``step`` apart, are opened, and
+    the peak is interpolated between them.
+    """
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_3)
+    inside = dist[dist > 0]
+    if inside.size < 50:
+        return None
+    depth = np.bincount(np.minimum(4.0 * inside, 4095).astype(np.intp))  # quarter pixels
+    k90 = int(np.searchsorted(np.cumsum(depth), 0.9 * inside.size))
+    r_big = (k90 + 0.5) / 4.0 / 0.68  # a disc's 90th percentile of depth is 0.68 of its radius
+    f = max(1.0, r_big / radius)
+    small = mask if f == 1.0 else shrink_mask(mask, 1.0 / f)
+    f = mask.shape[1] / small.shape[1]
+    r_big /= f
+    n = int(np.log(2.7 / 0.25) / np.log(step)) + 2
+    radii = max(1.0, 0.25 * r_big) * step ** np.arange(n)
+    areas = opening_areas(small, radii)
+    spectrum = np.convolve(areas[:-1] - areas[1:], [1.0, 2.0, 3.0, 2.0, 1.0], "same")
+    k = int(np.argmax(spectrum))
+    if spectrum[k] <= 0:
+        return None
+    shift = 0.0  # parabola through the peak and its neighbours, in log radius
+    if 0 < k < len(spectrum) - 1:
+        a, b, c = spectrum[k - 1], spectrum[k], spectrum[k + 1]
+        if a - 2 * b + c < 0:
+            shift = float(np.clip(0.5 * (a - c) / (a - 2 * b + c), -0.5, 0.5))
+    # the lost area between radii k and k+1 belongs to discs of radius ~ their geometric mean
+    return 2.0 * f * float(radii[k]) * step ** (0.5 + shift)
+
+
+def shrink_mask(mask: np.ndarray, scale: float) -> np.ndarray:
+    """A 0/1 mask reduced by ``scale`` (< 1): a pixel is set when most of its area was."""
+    h, w = mask.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return (cv2.resize(mask * 255, size, interpolation=cv2.INTER_AREA) > 127).astype(np.uint8)
+
+
+def _central_window(img: np.ndarray, max_pixels: int) -> np.ndarray:
+    """The centre of ``img`` with at most about ``max_pixels`` pixels (all of it when smaller)."""
+    h, w = img.shape[:2]
+    f = np.sqrt(max_pixels / (h * w))
+    if f >= 1.0:
+        return img
+    ch, cw = max(1, int(h * f)), max(1, int(w * f))
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return img[y0 : y0 + ch, x0 : x0 + cw]
+
+
+def estimate_cell_diameter(maps: StainMaps, tuning: Tuning = Tuning()) -> float | None:
+    """Expected white-cell diameter in pixels of the image ``maps`` was made from, or None.
+
+    Red cells are the yardstick: every smear is full of them and they are all
+    about 7.5 µm across, while white cells vary from 7 to 18 µm. Their size is
+    the mode of the granulometry of the red-cell mask (:func:`red_cell_diameter`),
+    which holds for isolated cells, chains and crowded overlapping fields
+    alike. White-cell diameter = red-cell diameter x 12 / 7.5. Large images
+    are measured in a central window (``scale_pixels``): a smear has red cells
+    everywhere.
+
+    With too few red cells (a single-cell crop, a frame of white cells) the
+    largest nucleus is the yardstick instead, taken as 0.75 of its cell.
+    """
+    h, w = maps.density.shape
+    red = red_cell_mask(maps, tuning)
+    if red.sum() >= 0.02 * h * w:
+        red = _central_window(red, tuning.scale_pixels)
+        rbc = red_cell_diameter(fill_pale_centres(red))
+        if rbc is not None and rbc >= 2.0:  # however coarse: a finer copy can refine it
+            return rbc * WBC_DIAMETER_UM / RBC_DIAMETER_UM
+    nuc = (maps.nuclear > tuning.nuclear_od).astype(np.uint8)
+    nuc = cv2.morphologyEx(nuc, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    contours, _ = cv2.findContours(nuc, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    biggest = max((cv2.contourArea(c) for c in contours), default=0.0)
+    if biggest < 16:
+        return None
+    return 2.0 * np.sqrt(biggest / np.pi) / 0.75
