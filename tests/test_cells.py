@@ -519,3 +519,22 @@ def test_allidb1_blast_recall():
             [c.box for c in cells], [c.centroid for c in cells], points, [c.mask for c in cells]
         )
     assert total.recall >= 0.98, total
+
+
+@pytest.mark.parametrize("n_bodies", [12, 300])
+def test_marker_cores_flood_fill_matches_labelling(n_bodies: int) -> None:
+    """The flood-fill path (up to 255 bodies) and the labelling path agree, also past 255."""
+    from leukedge.runtime.cells.markers import _whole_cores, _whole_cores_labelled
+
+    rng = np.random.default_rng(n_bodies)
+    cores = np.zeros((400, 400), np.uint8)
+    centres = []
+    for _ in range(n_bodies):
+        x, y = (int(v) for v in rng.integers(5, 395, 2))
+        cv2.circle(cores, (x, y), int(rng.integers(2, 6)), 1, -1)
+        centres.append([x, y])
+    groups = [int(g) for g in rng.integers(0, n_bodies // 2 + 1, n_bodies)]
+    a = _whole_cores(cores, centres, groups)
+    b = _whole_cores_labelled(cores, centres, groups)
+    assert a.dtype == b.dtype == np.int32
+    assert np.array_equal(a, b)

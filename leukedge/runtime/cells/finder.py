@@ -4,6 +4,7 @@ that are white cells, in frame pixels. The method is described in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -154,9 +155,10 @@ class CellFinder:
         joined = join_lobes(nucleus, d, t)
         cells = cell_mask(maps, joined, d, t)
         cores = nucleus_cores(maps, nucleus, d, t)
-        pts, radii = nucleus_peaks(cores, d, t)
+        dist = cv2.distanceTransform(cores, cv2.DIST_L2, 3)
+        pts, radii = nucleus_peaks(cores, d, t, dist)
         pts, radii = add_missing_peaks(pts, radii, joined, d, t)
-        groups = group_peaks(pts, radii, cores, cells, d, t)
+        groups = group_peaks(pts, radii, cores, cells, d, t, dist)
         markers = draw_markers(cores, pts, radii, groups)
         labels, boxes = split_cells(cells, markers, joined, d, t)
         return Segmentation(scale, d, img, maps, nucleus, joined, cells, labels, boxes)
@@ -204,17 +206,18 @@ def cells_from_segmentation(seg: Segmentation, frame_hw: tuple[int, int], t: Tun
         stain95 = float(np.partition(vals, k95)[k95])
         if n_area < t.small_nucleus_area and stain95 < t.small_nucleus_od:
             continue  # small and pale: a platelet clump, not a lymphocyte nucleus
-        fx0, fy0 = int(np.floor(x0 / s)), int(np.floor(y0 / s))
-        fx1, fy1 = min(W, int(np.ceil(x1 / s))), min(H, int(np.ceil(y1 / s)))
-        sub = region.astype(np.uint8)
+        fx0, fy0 = math.floor(x0 / s), math.floor(y0 / s)
+        fx1, fy1 = min(W, math.ceil(x1 / s)), min(H, math.ceil(y1 / s))
+        region8 = region.view(np.uint8)
+        sub = region8
         if s < 1.0:
-            sub = cv2.resize(sub * 255, (fx1 - fx0, fy1 - fy0), interpolation=cv2.INTER_LINEAR)
-            sub = (sub > 127).astype(np.uint8)
+            sub = cv2.resize(region8 * 255, (fx1 - fx0, fy1 - fy0), interpolation=cv2.INTER_LINEAR)
+            sub = (sub > 127).view(np.uint8)
         bx, by, bw, bh = cv2.boundingRect(sub)
         if bw == 0 or bh == 0:
             continue
         mask = sub[by : by + bh, bx : bx + bw]
-        m = cv2.moments(region.astype(np.uint8), binaryImage=True)
+        m = cv2.moments(region8, binaryImage=True)
         cx = (x0 + m["m10"] / m["m00"] + 0.5) / s - 0.5
         cy = (y0 + m["m01"] / m["m00"] + 0.5) / s - 0.5
         diam = 2.0 * np.sqrt(m["m00"] / np.pi) / d
@@ -225,7 +228,7 @@ def cells_from_segmentation(seg: Segmentation, frame_hw: tuple[int, int], t: Tun
             mask=mask.astype(bool),
             area=int(cv2.countNonZero(mask)),
             touches_edge=bool(x0 == 0 or y0 == 0 or x1 == w or y1 == h),
-            score=float(np.clip(score, 0.0, 1.0)),
+            score=float(min(max(score, 0.0), 1.0)),
         )
         if cell.touches_edge:
             whole = whole_cell_circle(cell.mask, cell.box, (H, W), d / s)

@@ -2,27 +2,44 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
 from leukedge.runtime.cells.types import Tuning
 
 
-def nucleus_peaks(cores: np.ndarray, d: float, tuning: Tuning) -> tuple[np.ndarray, np.ndarray]:
+def nucleus_peaks(
+    cores: np.ndarray, d: float, tuning: Tuning, dist: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Centres (x, y) and radii of the round bodies of ``cores``: distance-transform peaks.
 
     A peak is a local maximum at least ``min_peak`` x D deep; of peaks closer
-    than ``peak_spacing`` x D only the deepest is kept.
+    than ``peak_spacing`` x D only the deepest is kept. ``dist`` is the distance
+    transform of ``cores`` (L2, 3x3 mask) when already computed.
     """
-    dist = cv2.distanceTransform(cores, cv2.DIST_L2, 3)
+    if dist is None:
+        dist = cv2.distanceTransform(cores, cv2.DIST_L2, 3)
     spacing = max(1.0, tuning.peak_spacing * d)
-    size = 2 * int(round(spacing)) + 1
-    peaks = (dist >= cv2.dilate(dist, np.ones((size, size), np.uint8))) & (
-        dist >= tuning.min_peak * d
-    )
-    ys, xs = np.nonzero(peaks)
-    if ys.size == 0:
+    half = int(round(spacing))
+    deep = dist >= tuning.min_peak * d
+    bx, by, bw, bh = cv2.boundingRect(deep.view(np.uint8))
+    if bw == 0:
         return np.zeros((0, 2)), np.zeros(0, np.float32)
+    h, w = dist.shape
+    x0, y0 = max(0, bx - half), max(0, by - half)
+    x1, y1 = min(w, bx + bw + half), min(h, by + bh + half)
+    grown = cv2.dilate(dist[y0:y1, x0:x1], _square(2 * half + 1))
+    inner = (slice(by - y0, by - y0 + bh), slice(bx - x0, bx - x0 + bw))
+    box = (slice(by, by + bh), slice(bx, bx + bw))
+    peaks = (dist[box] >= grown[inner]) & deep[box]
+    flat = np.flatnonzero(peaks)
+    if flat.size == 0:
+        return np.zeros((0, 2)), np.zeros(0, np.float32)
+    ys, xs = np.divmod(flat, bw)
+    ys += by
+    xs += bx
     vals = dist[ys, xs]
     # Plateaus give many peak pixels: keep the deepest per grid cell first, then
     # suppress the shallower of any two closer than the spacing.
@@ -33,16 +50,23 @@ def nucleus_peaks(cores: np.ndarray, d: float, tuning: Tuning) -> tuple[np.ndarr
     first[1:] = bucket[order][1:] != bucket[order][:-1]
     cand = order[first]
     cand = cand[np.argsort(-vals[cand], kind="stable")]
+    limit = spacing * spacing
     kept: list[int] = []
-    for i in cand:
-        if kept:
-            dx = xs[kept] - xs[i]
-            dy = ys[kept] - ys[i]
-            if np.any(dx * dx + dy * dy < spacing * spacing):
-                continue
-        kept.append(int(i))
+    kept_xy: list[tuple[int, int]] = []
+    for i, x, y in zip(cand.tolist(), xs[cand].tolist(), ys[cand].tolist(), strict=True):
+        if any((kx - x) * (kx - x) + (ky - y) * (ky - y) < limit for kx, ky in kept_xy):
+            continue
+        kept.append(i)
+        kept_xy.append((x, y))
     pts = np.stack([xs[kept], ys[kept]], axis=1).astype(np.float64)
     return pts, vals[kept].astype(np.float32)
+
+
+@lru_cache(maxsize=32)
+def _square(size: int) -> np.ndarray:
+    kernel = np.ones((size, size), np.uint8)
+    kernel.flags.writeable = False
+    return kernel
 
 
 def add_missing_peaks(
@@ -58,8 +82,8 @@ def add_missing_peaks(
     a marker at its deepest point (whether it is a cell is decided later).
     """
     covered = np.zeros_like(joined)
-    for (x, y), r in zip(pts, radii, strict=True):
-        reach = max(2.0 * tuning.peak_spacing * d, 1.3 * float(r))
+    for (x, y), r in zip(pts.tolist(), radii.tolist(), strict=True):
+        reach = max(2.0 * tuning.peak_spacing * d, 1.3 * r)
         cv2.circle(covered, (int(round(x)), int(round(y))), int(round(reach)), 1, -1)
     rest = cv2.bitwise_and(joined, 1 - covered)
     contours, _ = cv2.findContours(rest, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -115,6 +139,7 @@ def group_peaks(
     cells: np.ndarray,
     d: float,
     tuning: Tuning,
+    dist_cores: np.ndarray | None = None,
 ) -> list[int]:
     """Which nuclear bodies belong to the same cell; one group index per peak.
 
@@ -127,7 +152,8 @@ def group_peaks(
       (``cell_neck_ratio``): lobes of a granulocyte inside one round cell.
 
     Touching blasts have large nuclei and a thin pale line between them, so
-    they stay apart.
+    they stay apart. ``dist_cores`` is the distance transform of ``cores`` (L2,
+    3x3 mask) when already computed.
     """
     k = len(pts)
     if k < 2:
@@ -137,7 +163,7 @@ def group_peaks(
     pairs = np.argwhere(np.triu(gaps <= 1.6 * d, 1))
     if len(pairs) == 0:
         return list(range(k))
-    dist_n = cv2.distanceTransform(cores, cv2.DIST_L2, 3)
+    dist_n = cv2.distanceTransform(cores, cv2.DIST_L2, 3) if dist_cores is None else dist_cores
     dist_c = cv2.distanceTransform(cells, cv2.DIST_L2, 3)
     ix = np.rint(pts).astype(np.intp)
     cell_r = dist_c[ix[:, 1], ix[:, 0]]
@@ -163,10 +189,57 @@ def draw_markers(
     between their centres. A core holding peaks of several groups (pressed
     nuclei that were not cut apart) seeds only discs around its peaks.
     """
+    markers = _whole_cores(cores, np.rint(pts).astype(int).tolist(), groups)
+    xy = [(int(round(x)), int(round(y))) for x, y in pts.tolist()]
+    first: dict[int, int] = {}
+    for i, (g, r) in enumerate(zip(groups, radii.tolist(), strict=True)):
+        r = max(1, int(round(0.5 * r)))
+        cv2.circle(markers, xy[i], r, g + 1, -1)
+        if g in first:
+            cv2.line(markers, xy[i], xy[first[g]], g + 1, r)
+        else:
+            first[g] = i
+    return markers
+
+
+def _whole_cores(cores: np.ndarray, xy: list[list[int]], groups: list[int]) -> np.ndarray:
+    """int32 image: group + 1 on every 8-connected body of ``cores`` holding peaks of one group only.
+
+    The bodies are found by flood filling from the peaks; with more bodies than
+    fit in a byte, by labelling all of them.
+    """
+    h, w = cores.shape
+    binary = (cores != 0).view(np.uint8)
+    filled = np.zeros((h + 2, w + 2), np.uint8)
+    owner = [0]
+    mixed = [False]
+    for (x, y), g in zip(xy, groups, strict=True):
+        if not binary[y, x]:
+            continue
+        c = int(filled[y + 1, x + 1])
+        if c == 0:
+            c = len(owner)
+            if c > 255:
+                return _whole_cores_labelled(cores, xy, groups)
+            flags = 8 | cv2.FLOODFILL_MASK_ONLY | (c << 8)
+            cv2.floodFill(binary, filled, (x, y), 0, 0, 0, flags)
+            owner.append(0)
+            mixed.append(False)
+        if owner[c] and owner[c] != g + 1:
+            mixed[c] = True
+        owner[c] = g + 1
+    lut = np.zeros(256, dtype=np.int32)
+    lut[: len(owner)] = [0 if m else o for o, m in zip(owner, mixed, strict=True)]
+    if lut.max() <= 255:
+        return cv2.LUT(filled[1:-1, 1:-1], lut.astype(np.uint8)).astype(np.int32)
+    return cv2.LUT(filled[1:-1, 1:-1], lut)
+
+
+def _whole_cores_labelled(cores: np.ndarray, xy: list[list[int]], groups: list[int]) -> np.ndarray:
     n, comp = cv2.connectedComponents(cores, connectivity=8)
     owner = np.zeros(n, dtype=np.int32)
     mixed = np.zeros(n, dtype=bool)
-    for (x, y), g in zip(np.rint(pts).astype(int), groups, strict=True):
+    for (x, y), g in zip(xy, groups, strict=True):
         c = comp[y, x]
         if c == 0:
             continue
@@ -174,15 +247,4 @@ def draw_markers(
             mixed[c] = True
         owner[c] = g + 1
     owner[mixed] = 0
-    markers = owner[comp]
-    first: dict[int, int] = {}
-    for i, g in enumerate(groups):
-        c = (int(round(pts[i][0])), int(round(pts[i][1])))
-        r = max(1, int(round(0.5 * radii[i])))
-        cv2.circle(markers, c, r, g + 1, -1)
-        if g in first:
-            j = first[g]
-            cv2.line(markers, c, (int(round(pts[j][0])), int(round(pts[j][1]))), g + 1, r)
-        else:
-            first[g] = i
-    return markers
+    return np.take(owner, comp)

@@ -3,6 +3,8 @@ and whole cells (nucleus plus cytoplasm)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
@@ -15,10 +17,11 @@ def fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return mask
+    parents = hierarchy[0][:, 3].tolist()
     holes = [
         c
-        for c, hh in zip(contours, hierarchy[0], strict=True)
-        if hh[3] >= 0 and cv2.contourArea(c) <= max_area
+        for c, parent in zip(contours, parents, strict=True)
+        if parent >= 0 and cv2.contourArea(c) <= max_area
     ]
     if not holes:
         return mask
@@ -27,9 +30,15 @@ def fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=64)
+def _disc_kernel(r: int) -> np.ndarray:
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    kernel.flags.writeable = False
+    return kernel
+
+
 def _disc(radius: float) -> np.ndarray:
-    r = max(1, int(round(radius)))
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return _disc_kernel(max(1, int(round(radius))))
 
 
 def nucleus_mask(maps: StainMaps, d: float, tuning: Tuning) -> np.ndarray:
@@ -53,7 +62,14 @@ def valley_strength(nuclear: np.ndarray, sigma: float = 0.8) -> np.ndarray:
     dxx = cv2.Sobel(us, cv2.CV_32F, 2, 0, ksize=3)
     dyy = cv2.Sobel(us, cv2.CV_32F, 0, 2, ksize=3)
     dxy = cv2.Sobel(us, cv2.CV_32F, 1, 1, ksize=3)
-    return 0.5 * (dxx + dyy + np.sqrt((dxx - dyy) ** 2 + 4.0 * dxy * dxy))
+    out = dxx + dyy
+    diff = np.subtract(dxx, dyy, out=dxx)
+    root = np.multiply(diff, diff, out=diff)
+    cross = np.multiply(dxy, np.float32(4.0))
+    root += np.multiply(cross, dxy, out=cross)
+    out += np.sqrt(root, out=root)
+    out *= np.float32(0.5)
+    return out  # 0.5 * (dxx + dyy + sqrt((dxx - dyy)^2 + 4 dxy^2))
 
 
 def nucleus_cores(maps: StainMaps, nucleus: np.ndarray, d: float, tuning: Tuning) -> np.ndarray:

@@ -11,11 +11,14 @@ import numpy as np
 from leukedge.runtime.cells.stain import StainMaps
 from leukedge.runtime.cells.types import RBC_DIAMETER_UM, WBC_DIAMETER_UM, Tuning
 
+_SQUARE3 = np.ones((3, 3), np.uint8)
+_SQUARE3.flags.writeable = False
+
 
 def red_cell_mask(maps: StainMaps, tuning: Tuning) -> np.ndarray:
     """Dense, non-nuclear pixels (red cells), with specks opened away; uint8 0/1."""
     red = (maps.density > 1.5 * tuning.cyto_density) & (maps.nuclear < 0.6 * tuning.nuclear_od)
-    return cv2.morphologyEx(red.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    return cv2.morphologyEx(red.view(np.uint8), cv2.MORPH_OPEN, _SQUARE3)
 
 
 def fill_pale_centres(mask: np.ndarray) -> np.ndarray:
@@ -28,17 +31,21 @@ def fill_pale_centres(mask: np.ndarray) -> np.ndarray:
     contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return mask
-    parents = hierarchy[0][:, 3]
     holes = []
-    for c, parent in zip(contours, parents, strict=True):
+    outline_area: dict[int, float] = {}
+    for c, parent in zip(contours, hierarchy[0][:, 3].tolist(), strict=True):
         if parent < 0:
             continue
         if len(c) <= 4:  # a pinhole: fill it whatever it is
             holes.append(c)
             continue
         area = cv2.contourArea(c)
+        if parent not in outline_area:
+            outline_area[parent] = cv2.contourArea(contours[parent])
+        if area > 0.5 * outline_area[parent]:
+            continue
         _, radius = cv2.minEnclosingCircle(c)
-        if area <= 0.5 * cv2.contourArea(contours[parent]) and area >= 0.5 * np.pi * radius**2:
+        if area >= 0.5 * np.pi * radius**2:
             holes.append(c)
     if not holes:
         return mask
@@ -47,20 +54,31 @@ def fill_pale_centres(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def opening_areas(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
+def opening_areas(
+    mask: np.ndarray, radii: np.ndarray, dist: np.ndarray | None = None
+) -> np.ndarray:
     """Area of the morphological opening of ``mask`` by a disc of each radius.
 
     The opening by radius r is every pixel within r of a point where a disc of
-    radius r fits (distance to the outside >= r): one distance transform, then
-    a threshold and a dilation per radius.
+    radius r fits (distance to the outside >= r): one distance transform
+    (``dist``, computed here when None), then a threshold and a dilation per
+    radius, over the bounding box of those points only.
     """
-    dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_3)
+    if dist is None:
+        dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_3)
+    h, w = mask.shape
     out = np.zeros(len(radii))
+    centres = np.empty((h, w), dtype=bool)
     for k, r in enumerate(radii):
-        centres = (dist >= r).astype(np.uint8)
-        if not centres.any():
+        np.greater_equal(dist, r, out=centres)
+        x, y, bw, bh = cv2.boundingRect(centres.view(np.uint8))
+        if bw == 0:
             break
-        out[k] = cv2.countNonZero(cv2.dilate(centres, _round_kernel(round(r, 2))) & mask)
+        kernel = _round_kernel(round(r, 2))
+        n = kernel.shape[0] // 2
+        x0, y0, x1, y1 = max(0, x - n), max(0, y - n), min(w, x + bw + n), min(h, y + bh + n)
+        grown = cv2.dilate(centres[y0:y1, x0:x1].view(np.uint8), kernel)
+        out[k] = cv2.countNonZero(cv2.bitwise_and(grown, mask[y0:y1, x0:x1]))
     return out
 
 
@@ -100,7 +118,7 @@ def red_cell_diameter(mask: np.ndarray, radius: float = 8.0, step: float = 1.2) 
     r_big /= f
     n = int(np.log(2.7 / 0.25) / np.log(step)) + 2
     radii = max(1.0, 0.25 * r_big) * step ** np.arange(n)
-    areas = opening_areas(small, radii)
+    areas = opening_areas(small, radii, dist if small is mask else None)
     spectrum = np.convolve(areas[:-1] - areas[1:], [1.0, 2.0, 3.0, 2.0, 1.0], "same")
     k = int(np.argmax(spectrum))
     if spectrum[k] <= 0:
@@ -118,7 +136,7 @@ def shrink_mask(mask: np.ndarray, scale: float) -> np.ndarray:
     """A 0/1 mask reduced by ``scale`` (< 1): a pixel is set when most of its area was."""
     h, w = mask.shape
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return (cv2.resize(mask * 255, size, interpolation=cv2.INTER_AREA) > 127).astype(np.uint8)
+    return (cv2.resize(mask * 255, size, interpolation=cv2.INTER_AREA) > 127).view(np.uint8)
 
 
 def _central_window(img: np.ndarray, max_pixels: int) -> np.ndarray:
@@ -148,7 +166,7 @@ def estimate_cell_diameter(maps: StainMaps, tuning: Tuning = Tuning()) -> float 
     """
     h, w = maps.density.shape
     red = red_cell_mask(maps, tuning)
-    if red.sum() >= 0.02 * h * w:
+    if cv2.countNonZero(red) >= 0.02 * h * w:
         red = _central_window(red, tuning.scale_pixels)
         rbc = red_cell_diameter(fill_pale_centres(red))
         if rbc is not None and rbc >= 2.0:  # however coarse: a finer copy can refine it

@@ -30,20 +30,30 @@ def _adjacent_pairs(
     so borders there are not counted at all.
     """
     pairs: dict[tuple[int, int], int] = {}
-    padded = np.pad(lab.astype(np.int64) + 1, 1)  # 0 = unknown, 1 = outside, 2.. = parts
+    h, w = lab.shape
+    padded = np.empty((h + 2, w + 2), dtype=np.int32)  # 0 = unknown, 1 = outside, 2.. = parts
+    np.add(lab, 1, out=padded[1:-1, 1:-1])
     left, top, right, bottom = frame_sides
     padded[:, 0] = 0 if left else 1
     padded[0, :] = 0 if top else 1
     padded[:, -1] = 0 if right else 1
     padded[-1, :] = 0 if bottom else 1
+    n1 = int(padded.max())  # labels of lab are 0..n1 - 1
     for a, b in ((padded[:, :-1], padded[:, 1:]), (padded[:-1, :], padded[1:, :])):
         m = (a != b) & (a > 0) & (b > 0)
         if not m.any():
             continue
-        lo, hi = np.minimum(a[m], b[m]) - 1, np.maximum(a[m], b[m]) - 1
-        keys, counts = np.unique(lo * 65536 + hi, return_counts=True)
+        av, bv = a[m], b[m]
+        lo, hi = np.minimum(av, bv) - 1, np.maximum(av, bv) - 1
+        codes = lo.astype(np.int64) * n1 + hi
+        if n1 <= 1024:
+            counts = np.bincount(codes, minlength=n1 * n1)
+            keys = np.flatnonzero(counts)
+            counts = counts[keys]
+        else:
+            keys, counts = np.unique(codes, return_counts=True)
         for key, c in zip(keys.tolist(), counts.tolist(), strict=True):
-            pair = (key // 65536, key % 65536)
+            pair = (key // n1, key % n1)
             pairs[pair] = pairs.get(pair, 0) + c
     return pairs
 
@@ -77,10 +87,12 @@ def _nucleus_radii(
     lab_p = cv2.copyMakeBorder(lab.astype(np.int32), *pads, cv2.BORDER_REPLICATE)
     nuc_p = cv2.copyMakeBorder((joined > 0).astype(np.uint8), *pads, cv2.BORDER_REPLICATE)
     out = np.zeros(n + 1, np.float32)
+    nuc_b = nuc_p > 0
+    nuc = np.empty(nuc_b.shape, dtype=bool)
     for i in range(1, n + 1):
-        nuc = ((lab_p == i) & (nuc_p > 0)).astype(np.uint8)
-        if nuc.any():
-            out[i] = float(cv2.distanceTransform(nuc, cv2.DIST_L2, 3).max())
+        np.equal(lab_p, i, out=nuc)
+        nuc &= nuc_b
+        out[i] = float(cv2.distanceTransform(nuc.view(np.uint8), cv2.DIST_L2, 3).max())
     return out
 
 
@@ -223,30 +235,54 @@ def split_cells(
     labels = np.zeros((h, w), dtype=np.int32)
     boxes: list[tuple[int, int, int, int]] = []
     contours, _ = cv2.findContours(cells, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    for contour in contours:
-        x, y, bw, bh = cv2.boundingRect(contour)
-        body = np.zeros((bh, bw), np.uint8)
-        cv2.drawContours(body, [contour], -1, 1, -1, offset=(-x, -y))
-        body = (body > 0) & (cells[y : y + bh, x : x + bw] > 0)
-        mk = np.where(body, markers[y : y + bh, x : x + bw], 0)
-        ids = np.unique(mk[mk > 0])
-        if ids.size == 0:
+    if not contours:
+        return labels, boxes
+    few = len(contours) < 255
+    body_id = np.zeros((h, w), dtype=np.uint8 if few else np.int32)  # k + 1 on filled outline k
+    for k in range(len(contours)):
+        cv2.drawContours(body_id, contours, k, k + 1, -1)
+    body_id[cells == 0] = 0
+    flat_body, flat_marker = body_id.ravel(), markers.ravel()
+    seeded = np.flatnonzero((flat_body > 0) & (flat_marker > 0))
+    top = int(flat_marker[seeded].max()) + 1 if seeded.size else 1
+    pairs = np.unique(flat_body[seeded].astype(np.int64) * top + flat_marker[seeded])
+    first_body, first_count = np.unique(pairs // top, return_counts=True)
+    seeds_of = dict(zip(first_body.tolist(), first_count.tolist(), strict=True))
+    single = np.zeros(len(contours) + 1, dtype=np.int32)
+    split_parts: list[tuple[int, int, np.ndarray, list[int], int]] = []
+    for k, contour in enumerate(contours):
+        count = seeds_of.get(k + 1, 0)
+        if count == 0:
             continue
-        out = labels[y : y + bh, x : x + bw]
-        if ids.size == 1:
-            out[body] = len(boxes) + 1
+        x, y, bw, bh = cv2.boundingRect(contour)
+        if count == 1:
+            single[k + 1] = len(boxes) + 1
             boxes.append((x, y, x + bw, y + bh))
             continue
+        body = body_id[y : y + bh, x : x + bw] == k + 1
+        mk = np.where(body, markers[y : y + bh, x : x + bw], 0)
+        ids = np.unique(mk[mk > 0])
         seeds = np.searchsorted(ids, mk).astype(np.int32) + 1
         seeds[mk == 0] = 0
         local = _nearest_seed(body, seeds)
         sides = (x == 0, y == 0, x + bw == w, y + bh == h)
         local = merge_parts(local, joined[y : y + bh, x : x + bw], ids.size, d, tuning, sides)
-        for v in np.unique(local[local > 0]):
-            part = local == v
-            out[part] = len(boxes) + 1
-            ys, xs = np.nonzero(part)
-            boxes.append(
-                (x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1)
-            )
+        values = np.unique(local[local > 0]).tolist()
+        split_parts.append((x, y, local, values, len(boxes) + 1))
+        for v in values:
+            px, py, pw, ph = cv2.boundingRect((local == v).view(np.uint8))
+            boxes.append((x + px, y + py, x + px + pw, y + py + ph))
+    if few:
+        lut = np.zeros(256, dtype=np.int32)
+        lut[: single.size] = single
+        if len(boxes) <= 255:
+            labels = cv2.LUT(body_id, lut.astype(np.uint8)).astype(np.int32)
+        else:
+            labels = cv2.LUT(body_id, lut)
+    else:
+        np.take(single, body_id, out=labels)
+    for x, y, local, values, number in split_parts:
+        out = labels[y : y + local.shape[0], x : x + local.shape[1]]
+        for i, v in enumerate(values):
+            out[local == v] = number + i
     return labels, boxes
