@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata as md
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads its OpenMP
 
+from leukedge.bench.machine import describe_machine, markdown_machine  # noqa: E402
 from leukedge.data.arrays import load_image_set  # noqa: E402
 from leukedge.export.parity import (  # noqa: E402
     compare,
@@ -72,33 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def machine() -> dict[str, Any]:
     """What the latency figures depend on, the shared-machine load included."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                cpu = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("torch", "onnxruntime", "onnx", "timm", "numpy"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "isa": sorted(
-            f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimddp") if f in flags
-        ),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "versions": versions,
-    }
+    info = describe_machine()
+    info["load_average_at_start"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return info
 
 
 # --- parity ----------------------------------------------------------------------------
@@ -243,10 +218,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Generated {result['created']} by `benchmarks/export_bench.py`.",
         "",
-        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, ISA {', '.join(m['isa']) or '-'};"
-        f" {m['os']}; Python {m['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
-        + f". Load average at start: {m['load_average_at_start']}.",
+        markdown_machine(m),
+        f"- Load average at start: {m['load_average_at_start']}",
         "",
         "## Files and parity against PyTorch",
         "",
