@@ -12,11 +12,10 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-import cv2
 import numpy as np
 
 from leukedge.data.records import Dataset
-from leukedge.runtime.images import ImageReadError, decode_image
+from leukedge.runtime.images import ImageReadError, decode_raw, to_bgr_uint8
 
 
 def _describe_pixels(raw: np.ndarray) -> str:
@@ -37,11 +36,11 @@ def check_dataset(
         for i, r in enumerate(dataset.records):
             try:
                 data = Path(r.path).read_bytes()
-                img = decode_image(data, r.path)  # raises on truncated/corrupt files
-                raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+                raw = decode_raw(data, r.path)  # raises on truncated/corrupt files
+                img = to_bgr_uint8(raw)
                 formats[_describe_pixels(raw)] += 1
                 sizes[f"{img.shape[1]}x{img.shape[0]}"] += 1
-            except (ImageReadError, OSError) as e:
+            except (ImageReadError, OSError, ValueError) as e:
                 unreadable.append(r.path)
                 problems.append({"path": r.path, "problem": getattr(e, "reason", str(e))})
             if progress:

@@ -90,8 +90,11 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported pixel type {img.dtype}")
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes into 8-bit BGR, or raise :class:`ImageReadError`."""
+def decode_raw(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes as stored (any depth and channels), or raise.
+
+    Truncated files are refused here: OpenCV decodes some of them silently.
+    """
     if not data:
         raise ImageReadError(name, "empty file")
     reason = _truncation_reason(data, Path(name).suffix.lower())
@@ -101,6 +104,12 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None or img.size == 0:
         raise ImageReadError(name, "not a readable image (OpenCV could not decode it)")
+    return img
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes into 8-bit BGR, or raise :class:`ImageReadError`."""
+    img = decode_raw(data, name)
     try:
         return to_bgr_uint8(img)
     except ValueError as e:
