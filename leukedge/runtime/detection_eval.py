@@ -20,8 +20,9 @@ tests, the benchmark and a device.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 
 import numpy as np
@@ -70,25 +71,31 @@ def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def greedy_pairs(ranked: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """One-to-one pairs from (detection, truth) candidates in order of preference.
+
+    A candidate is taken unless its detection or its truth is already paired.
+    """
+    used_d: set[int] = set()
+    used_t: set[int] = set()
+    pairs: list[tuple[int, int]] = []
+    for i, j in ranked:
+        if i in used_d or j in used_t:
+            continue
+        used_d.add(i)
+        used_t.add(j)
+        pairs.append((i, j))
+    return pairs
+
+
 def match_boxes(
     pred: Sequence[Box], truth: Sequence[Box], iou_threshold: float = 0.5
 ) -> MatchResult:
     """Greedy one-to-one matching by decreasing IoU; pairs below the threshold never match."""
     m = iou_matrix(pred, truth)
-    pairs: list[tuple[int, int]] = []
-    if m.size:
-        order = np.argsort(-m, axis=None, kind="stable")
-        used_p: set[int] = set()
-        used_t: set[int] = set()
-        for flat in order:
-            i, j = divmod(int(flat), m.shape[1])
-            if m[i, j] < iou_threshold:
-                break
-            if i in used_p or j in used_t:
-                continue
-            used_p.add(i)
-            used_t.add(j)
-            pairs.append((i, j))
+    order = np.argsort(-m, axis=None, kind="stable") if m.size else []
+    ranked = (divmod(int(flat), m.shape[1]) for flat in order)
+    pairs = greedy_pairs(takewhile(lambda ij: m[ij] >= iou_threshold, ranked))
     tp = len(pairs)
     return MatchResult(tp=tp, fp=len(pred) - tp, fn=len(truth) - tp, pairs=tuple(pairs))
 
@@ -134,15 +141,7 @@ def match_centroids(
             if _inside((x, y), box, mask):
                 cands.append((float(np.hypot(x - cx, y - cy)), i, j))
     cands.sort()
-    used_d: set[int] = set()
-    used_p: set[int] = set()
-    pairs: list[tuple[int, int]] = []
-    for _, i, j in cands:
-        if i in used_d or j in used_p:
-            continue
-        used_d.add(i)
-        used_p.add(j)
-        pairs.append((i, j))
+    pairs = greedy_pairs((i, j) for _, i, j in cands)
     tp = len(pairs)
     return MatchResult(tp=tp, fp=len(boxes) - tp, fn=len(pts) - tp, pairs=tuple(pairs))
 
