@@ -247,20 +247,23 @@ def _precisions(precision: str | None, order: Sequence[str]) -> list[str]:
     return [precision]
 
 
-def _export_notes(export_dir: Path) -> list[str]:
-    """Parity warnings export.json recorded, so the summary shows them next to the choice."""
+def _read_export_record(export_dir: Path) -> dict[str, Any]:
+    """export.json of an export folder, or {} when it is missing or unreadable."""
     path = export_dir / "export.json"
     if not path.is_file():
-        return []
+        return {}
     try:
         from leukedge.io import read_json
 
-        return [f"export.json: {w}" for w in read_json(path).get("warnings", [])]
+        record = read_json(path)
     except (OSError, ValueError):
-        return []
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
-def _within_budget(onnx_files: list[Path], export_dir: Path, unavailable: list[str]) -> list[Path]:
+def _within_budget(
+    onnx_files: list[Path], record: dict[str, Any], unavailable: list[str]
+) -> list[Path]:
     """Drop files whose ONNX Runtime parity in export.json failed its budget.
 
     An automatic choice must not trade correctness for speed: on x86 CPUs without
@@ -268,14 +271,9 @@ def _within_budget(onnx_files: list[Path], export_dir: Path, unavailable: list[s
     INT8 file itself is fine. Asking for the precision explicitly still runs it.
     """
     from leukedge.budgets import Budgets, judge
-    from leukedge.io import read_json
     from leukedge.runtime.backends.ort import precision_of
 
-    path = export_dir / "export.json"
-    try:
-        files = read_json(path).get("files", {}) if path.is_file() else {}
-    except (OSError, ValueError):
-        return onnx_files
+    files = record.get("files", {})
     kept = []
     for onnx in onnx_files:
         precision = precision_of(onnx)
@@ -300,6 +298,7 @@ def run_dir_candidates(
     wanted = _precisions(precision, PRECISION_ORDER)
     onnx_files = [export_dir / f"model.{p}.onnx" for p in wanted]
     onnx_files = [p for p in onnx_files if p.is_file()]
+    record = _read_export_record(export_dir)
     unavailable: list[str] = []
     candidates: list[Candidate] = []
     if backend in ("auto", "trt") and (run_dir / "spec.json").is_file():
@@ -309,7 +308,7 @@ def run_dir_candidates(
             raise BackendError("--backend trt, but " + "; ".join(unavailable))
     if backend in ("auto", "ort"):
         if precision in (None, "auto"):
-            onnx_files = _within_budget(onnx_files, export_dir, unavailable)
+            onnx_files = _within_budget(onnx_files, record, unavailable)
         candidates += _ort_candidates(onnx_files, device)
     if not candidates:
         if not onnx_files:
@@ -319,7 +318,9 @@ def run_dir_candidates(
                 f"run `leukedge export {run_dir}` first"
             )
         raise BackendError(f"no backend can run {run_dir} here: " + "; ".join(unavailable))
-    return candidates, unavailable, _export_notes(export_dir)
+    # Parity warnings export.json recorded, shown next to the choice.
+    notes = [f"export.json: {w}" for w in record.get("warnings", [])]
+    return candidates, unavailable, notes
 
 
 def resolve_candidates(
