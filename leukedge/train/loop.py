@@ -243,7 +243,7 @@ def train(
         else None
     )
     per_rank = math.ceil(len(train_set) / dist.world)
-    steps_per_epoch = max(1, per_rank // cfg.batch_size) if per_rank >= cfg.batch_size else 1
+    steps_per_epoch = max(1, per_rank // cfg.batch_size)  # one short batch when smaller
     drop_last = per_rank >= cfg.batch_size  # BatchNorm needs >1 image; avoid a ragged tail batch
     optimizer = make_optimizer(model, cfg)
     schedule = make_schedule(optimizer, cfg, steps_per_epoch)
