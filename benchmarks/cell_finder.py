@@ -35,9 +35,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from leukedge.bench.machine import describe_machine, markdown_machine
 from leukedge.data.synth import make_subjects, render_frame
+from leukedge.imaging.images import read_image
 from leukedge.io import atomic_write_json, atomic_write_text
+from leukedge.machine import describe_machine, markdown_machine
 from leukedge.runtime.annotate import draw_cells
 from leukedge.runtime.cells import Cell, CellFinder
 from leukedge.runtime.detection_eval import (
@@ -47,7 +48,6 @@ from leukedge.runtime.detection_eval import (
     match_boxes,
     match_centroids,
 )
-from leukedge.runtime.images import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 

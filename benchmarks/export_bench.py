@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads its OpenMP
 
-from leukedge.bench.machine import describe_machine, markdown_machine  # noqa: E402
 from leukedge.data.arrays import load_image_set  # noqa: E402
 from leukedge.export.parity import (  # noqa: E402
     compare,
@@ -46,6 +45,7 @@ from leukedge.export.parity import (  # noqa: E402
 )
 from leukedge.export.pipeline import export_run  # noqa: E402
 from leukedge.io import atomic_write_json, atomic_write_text, read_json, sha256_file  # noqa: E402
+from leukedge.machine import describe_machine, markdown_machine  # noqa: E402
 from leukedge.rundir import RunDir  # noqa: E402
 
 LATENCY_BACKENDS = ("torch", "ort-fp32", "ort-int8")

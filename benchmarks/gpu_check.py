@@ -174,7 +174,7 @@ def environment() -> dict[str, Any]:
     env["torch_cuda"] = torch_cuda_info()
     env["onnxruntime_providers"] = ort_providers()
     try:
-        from leukedge.export.tensorrt import gpu_info, trt_available
+        from leukedge.runtime.backends.gpu import gpu_info, trt_available
 
         gpu = gpu_info()
         env["gpu"] = None if gpu is None else gpu.__dict__
@@ -521,7 +521,7 @@ def ort_cuda_one(OrtBackend: Any, path: Path, quick: bool) -> dict[str, Any]:
 
 
 def tensorrt(onnx_part: dict[str, Any], work: Path, quick: bool) -> dict[str, Any]:
-    from leukedge.export.tensorrt import trt_available
+    from leukedge.runtime.backends.gpu import trt_available
 
     ok, reason = trt_available()
     if not ok:
@@ -586,7 +586,11 @@ def trt_one(path: Path, engines: Path, quick: bool) -> tuple[dict[str, Any], Pat
 
 def mismatch_refusal(engine: Path, folder: Path) -> dict[str, Any]:
     """A copy of a real engine whose sidecar claims another GPU must be refused, clearly."""
-    from leukedge.export.engine_plan import EngineMismatch, EngineSidecar, sidecar_path_for
+    from leukedge.runtime.backends.engine_plan import (
+        EngineMismatch,
+        EngineSidecar,
+        sidecar_path_for,
+    )
     from leukedge.runtime.backends.trt import TrtBackend
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from leukedge.bench.machine import describe_machine, markdown_machine
 from leukedge.io import atomic_write_json, atomic_write_text
+from leukedge.machine import describe_machine, markdown_machine
 from leukedge.runtime.backends.ort import precision_of
 from leukedge.runtime.cells import CellFinder
 from leukedge.runtime.classifier import Classifier

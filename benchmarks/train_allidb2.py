@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from leukedge.bench.machine import describe_machine, markdown_machine
 from leukedge.io import atomic_write_json, atomic_write_text
+from leukedge.machine import describe_machine, markdown_machine
 from leukedge.progress import PrintReporter
 from leukedge.train.config import TrainConfig
 from leukedge.train.loop import train

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from leukedge.data.synth import make_subjects, render_frame
+from leukedge.imaging.preprocess import crop_cell, crop_side_for
 from leukedge.runtime.annotate import count_lines, draw_cells, draw_count
 from leukedge.runtime.cells import Cell, CellFinder, estimate_cell_diameter, shrink, stain_maps
 from leukedge.runtime.detection_eval import (
@@ -22,7 +23,6 @@ from leukedge.runtime.detection_eval import (
     match_boxes,
     match_centroids,
 )
-from leukedge.runtime.preprocess import crop_cell, crop_side_for
 from leukedge.spec import ModelSpec
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -13,7 +13,7 @@ from conftest import shared_data
 from leukedge.data import DatasetError, detect_layout, load_dataset, make_split
 from leukedge.data.check import check_dataset
 from leukedge.data.splits import load_split
-from leukedge.runtime.images import ImageReadError, read_image
+from leukedge.imaging.images import ImageReadError, read_image
 
 
 def _img(path: Path, value: int = 128, size: int = 24) -> Path:

@@ -30,9 +30,9 @@ from leukedge.export.fp16 import convert_fp16  # noqa: E402
 from leukedge.export.onnx_export import ExportError, OnnxExport, export_onnx  # noqa: E402
 from leukedge.export.parity import reference_logits  # noqa: E402
 from leukedge.export.pipeline import export_run  # noqa: E402
+from leukedge.imaging.preprocess import preprocess_batch  # noqa: E402
 from leukedge.io import sha256_file  # noqa: E402
 from leukedge.runtime.backends.ort import OrtBackend, spec_from_onnx  # noqa: E402
-from leukedge.runtime.preprocess import preprocess_batch  # noqa: E402
 from leukedge.spec import ModelSpec  # noqa: E402
 from leukedge.train.models import build_model, default_spec  # noqa: E402
 

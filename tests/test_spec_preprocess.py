@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from leukedge.runtime.images import read_image
-from leukedge.runtime.preprocess import crop_cell, preprocess, preprocess_batch, resize_to_input
+from leukedge.imaging.images import read_image
+from leukedge.imaging.preprocess import crop_cell, preprocess, preprocess_batch, resize_to_input
 from leukedge.spec import ModelSpec, SpecError
 
 

@@ -23,17 +23,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from leukedge.export import engine_plan as ep
 from leukedge.export import tensorrt as tx
 from leukedge.io import sha256_file
 from leukedge.runtime.backends import cuda_mem
+from leukedge.runtime.backends import engine_plan as ep
+from leukedge.runtime.backends import gpu as gpu_probe
 from leukedge.runtime.backends.base import BackendError
 from leukedge.runtime.backends.trt import TrtBackend
 from leukedge.spec import ONNX_METADATA_KEY, ModelSpec
 
 SIZE = 16
 SPEC = ModelSpec(arch="cnn", input_size=SIZE)
-GPU = tx.GpuInfo("NVIDIA Fake GPU", "8.7", "CUDA 12.6", 16000, "fake")
+GPU = gpu_probe.GpuInfo("NVIDIA Fake GPU", "8.7", "CUDA 12.6", 16000, "fake")
 TRT_VERSION = "10.3.0"
 
 
@@ -257,7 +258,7 @@ def test_build_engines_without_tensorrt(no_tensorrt: None, run_dir: Path) -> Non
     with pytest.raises(ep.TensorRTUnavailable) as info:
         tx.build_engines(run_dir)
     _assert_install_hint(str(info.value))
-    ok, reason = tx.trt_available()
+    ok, reason = gpu_probe.trt_available()
     assert not ok and "TensorRT is not installed" in reason
 
 
@@ -271,14 +272,14 @@ def test_backend_without_tensorrt(no_tensorrt: None, tmp_path: Path) -> None:
 
 def test_tensorrt_without_gpu(monkeypatch: pytest.MonkeyPatch, run_dir: Path) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
-    monkeypatch.setattr(tx, "_probe_gpu", lambda device=0: (None, "cuda-python: no device"))
+    monkeypatch.setattr(gpu_probe, "_probe_gpu", lambda device=0: (None, "cuda-python: no device"))
     with pytest.raises(ep.TensorRTUnavailable, match="no NVIDIA GPU could be found"):
         tx.build_engines(run_dir)
 
 
 def test_old_tensorrt_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT(version="8.6.1"))
-    ok, reason = tx.trt_available()
+    ok, reason = gpu_probe.trt_available()
     assert not ok and "TensorRT 8.6.1 is too old" in reason
 
 
@@ -606,7 +607,7 @@ class FakeCuda:
 def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeTensorRT:
     fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(tx, "_probe_gpu", lambda device=0: (GPU, ""))
+    monkeypatch.setattr(gpu_probe, "_probe_gpu", lambda device=0: (GPU, ""))
     return fake
 
 
@@ -673,7 +674,9 @@ def test_dla_build(monkeypatch: pytest.MonkeyPatch, run_dir: Path) -> None:
     fake = FakeTensorRT(dla_cores=2)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(
-        tx, "_probe_gpu", lambda device=0: (tx.GpuInfo("Orin", "8.7", None, None, "fake"), "")
+        gpu_probe,
+        "_probe_gpu",
+        lambda device=0: (gpu_probe.GpuInfo("Orin", "8.7", None, None, "fake"), ""),
     )
     onnx_path = run_dir / "export" / "model.fp16.onnx"
     result = tx.build_engine(onnx_path, dla_core=1, log=_quiet)
@@ -862,7 +865,7 @@ def test_trt_available_and_find_engine(
 ) -> None:
     from leukedge.runtime.backends import trt as trt_backend
 
-    assert tx.trt_available() == (True, "TensorRT 10.3.0 on NVIDIA Fake GPU (sm87)")
+    assert gpu_probe.trt_available() == (True, "TensorRT 10.3.0 on NVIDIA Fake GPU (sm87)")
     monkeypatch.setattr(trt_backend, "open_cuda", lambda device=0: FakeCuda(fake_trt.memory))
     assert trt_backend.find_engine(run_dir, "fp16") == built.engine_path
     assert trt_backend.find_engine(run_dir / "engines", "fp16") == built.engine_path

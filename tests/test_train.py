@@ -215,7 +215,7 @@ def test_cli_evaluate_and_bad_data_message(trained_run: Path, tmp_path: Path) ->
 
 
 def test_corrupt_frame_png_reads_as_clear_error(tmp_path: Path) -> None:
-    from leukedge.runtime.images import ImageReadError, read_image
+    from leukedge.imaging.images import ImageReadError, read_image
 
     ok, buf = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
     (tmp_path / "cut.png").write_bytes(buf.tobytes()[:-20])

@@ -86,7 +86,7 @@ print("numpy", numpy.__version__, "| onnxruntime", onnxruntime.__version__, onnx
 assert not cv2.__file__.startswith(sys.prefix + "/"), "cv2 comes from the venv"
 PY
 
-SLUG="$("$PY" -c 'from leukedge.bench.machine import machine_slug; print(machine_slug())')"
+SLUG="$("$PY" -c 'from leukedge.machine import machine_slug; print(machine_slug())')"
 OUT="$REPO/benchmarks/results/$SLUG"
 mkdir -p "$OUT"
 

@@ -2,7 +2,7 @@
 
 ``run_bench(run_dir, ...)`` is what ``leukedge bench`` calls; see
 :mod:`leukedge.bench.report` for the report.json schema. Names are resolved on
-first use, so ``import leukedge.bench.machine`` (which the runtime does) stays light.
+first use, so ``import leukedge.machine`` (which the runtime does) stays light.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ def without_idle_spinning(backend: Any) -> None:
 
 
 def _open_trt(name: str, ctx: BenchContext) -> Backend:
-    from leukedge.export.tensorrt import trt_available
+    from leukedge.runtime.backends.gpu import trt_available
 
     if "trt_available" not in ctx.cache:
         ctx.cache["trt_available"] = trt_available(ctx.gpu)

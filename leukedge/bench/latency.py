@@ -232,8 +232,8 @@ def preprocess_cost(
     file is in the page cache: this is decoding, not disk). Reported apart from
     inference because the microscope pays it per cell whatever the backend.
     """
-    from leukedge.runtime.images import ImageReadError, read_image
-    from leukedge.runtime.preprocess import preprocess
+    from leukedge.imaging.images import ImageReadError, read_image
+    from leukedge.imaging.preprocess import preprocess
 
     decode, prep = [], []
     started = clock()

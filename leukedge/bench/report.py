@@ -24,7 +24,7 @@ settings    {backends [requested names], batch_sizes [int], warmup (int),
              idle_threads {onnxruntime_spinning (bool), OMP_WAIT_POLICY}, budgets
              {fp32_min_agreement, fp32_max_abs_diff, fp16_min_agreement,
               int8_min_agreement, int8_max_accuracy_drop}}
-machine     leukedge.bench.machine.describe_machine(): cpu, cpu_cores, cpu_flags,
+machine     leukedge.machine.describe_machine(): cpu, cpu_cores, cpu_flags,
             gpus, jetson (power mode), versions, ...
 runtimes    {onnxruntime {version, providers}, torch {version, cuda}|null,
              tensorrt {version|null, available (bool), detail}}
@@ -73,8 +73,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from leukedge.bench.machine import markdown_machine
 from leukedge.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from leukedge.machine import markdown_machine
 
 REPORT_FORMAT = "leukedge.bench"
 REPORT_VERSION = 1

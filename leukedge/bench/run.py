@@ -32,11 +32,11 @@ from leukedge.bench.backends import (
     precision_of,
 )
 from leukedge.bench.latency import StopRule, measure_batch, preprocess_cost, speedup
-from leukedge.bench.machine import describe_machine
 from leukedge.bench.parity import backend_parity, metrics_of
 from leukedge.bench.report import FILES, REPORT_FORMAT, REPORT_VERSION, finite_or_none, write_report
 from leukedge.budgets import Budgets, judge
 from leukedge.data.arrays import ImageSet, load_image_set
+from leukedge.machine import describe_machine
 from leukedge.progress import Reporter
 from leukedge.rundir import RunDir
 from leukedge.runtime.backends.base import Backend, BackendError, infer_in_batches
@@ -444,7 +444,7 @@ def runtimes() -> dict[str, Any]:
     """Versions of the inference runtimes, and whether TensorRT can run here."""
     import onnxruntime as ort
 
-    from leukedge.export.tensorrt import trt_available
+    from leukedge.runtime.backends.gpu import trt_available
 
     out: dict[str, Any] = {
         "onnxruntime": {"version": ort.__version__, "providers": ort.get_available_providers()},

@@ -40,10 +40,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from leukedge.bench.backends import BenchError
     from leukedge.bench.report import ReportError
     from leukedge.data.records import DatasetError
+    from leukedge.imaging.images import ImageReadError
     from leukedge.rundir import RunDirError
     from leukedge.runtime.backends.base import BackendError
     from leukedge.runtime.display import DisplayUnavailable
-    from leukedge.runtime.images import ImageReadError
     from leukedge.runtime.sources import SourceError
     from leukedge.spec import SpecError
 

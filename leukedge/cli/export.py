@@ -124,8 +124,8 @@ def build_engine(
     engines/<trt>_<gpu>_sm<cc>/ with a sidecar JSON, and reused when nothing changed.
     Example (on a Jetson): leukedge build-engine runs/r50 --precision fp16,int8 --max-batch 16
     """
-    from leukedge.export.engine_plan import EngineBuildError
     from leukedge.export.tensorrt import build_engines
+    from leukedge.runtime.backends.engine_plan import EngineBuildError
 
     try:
         results = build_engines(

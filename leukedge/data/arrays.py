@@ -1,7 +1,7 @@
 """Records -> preprocessed arrays, the form every evaluation consumes.
 
 Evaluation in training, ONNX parity, INT8 calibration and the bench all take
-the same images through ``leukedge.runtime.preprocess`` here, so numbers from
+the same images through ``leukedge.imaging.preprocess`` here, so numbers from
 different steps are comparable image for image. Unreadable files are skipped
 and listed, never fatal.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from leukedge.data.records import Record
-from leukedge.runtime.images import ImageReadError, read_image
-from leukedge.runtime.preprocess import preprocess
+from leukedge.imaging.images import ImageReadError, read_image
+from leukedge.imaging.preprocess import preprocess
 from leukedge.spec import ModelSpec
 
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from leukedge.data.records import Record
-from leukedge.runtime.images import ImageReadError, read_image
+from leukedge.imaging.images import ImageReadError, read_image
 
 DEFAULT_CELL_FRACTION = 0.6
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from leukedge.data.records import Dataset
-from leukedge.runtime.images import ImageReadError, decode_raw, to_bgr_uint8
+from leukedge.imaging.images import ImageReadError, decode_raw, to_bgr_uint8
 
 
 def _describe_pixels(raw: np.ndarray) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from leukedge.data.records import Dataset, DatasetError, Record, canonical_class_order
-from leukedge.runtime.images import is_image_file
+from leukedge.imaging.images import is_image_file
 
 CNMC_NAME = re.compile(
     r"^UID_(?P<subject>[A-Za-z]*\d+)_(?P<image>\d+)_(?P<cell>\d+)_(?P<cls>all|hem)\.", re.I

@@ -7,14 +7,12 @@ precision builder flag is ever set: the same code works on TensorRT 10 (JetPack
 INT8 calibrators and ``EXPLICIT_BATCH``.
 
 The calls into TensorRT are few and thin; cache keys, names, shapes and the
-sidecar come from :mod:`leukedge.export.engine_plan`.
+sidecar come from :mod:`leukedge.runtime.backends.engine_plan`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,27 +23,22 @@ from types import ModuleType
 from typing import Any
 
 import leukedge
-from leukedge.export.engine_plan import (
+from leukedge.io import atomic_write_bytes, sha256_file
+from leukedge.runtime.backends.engine_plan import (
     PRECISIONS,
-    TENSORRT_INSTALL_HINT,
     BuildFlags,
     EngineBuildError,
     EngineKey,
     EngineSidecar,
     ProfileShapes,
-    TensorRTUnavailable,
     default_engines_root,
     onnx_precision,
     profile_shapes,
     reuse_decision,
     sidecar_path_for,
-    sm_tag,
     timing_cache_path,
 )
-from leukedge.io import atomic_write_bytes, sha256_file
-from leukedge.runtime.backends.cuda_mem import CudaUnavailable
-from leukedge.runtime.backends.cuda_mem import device_info as cuda_device_info
-from leukedge.runtime.backends.trt import import_tensorrt
+from leukedge.runtime.backends.gpu import require_target
 from leukedge.spec import ModelSpec, SpecError
 
 DEFAULT_PRECISIONS = ("fp16", "int8", "fp32")
@@ -56,77 +49,6 @@ Log = Callable[[str], None]
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- what is here
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str  # "major.minor"
-    driver: str | None  # "CUDA 12.4" from a CUDA binding, or the driver release from nvidia-smi
-    total_memory_mb: int | None
-    source: str  # "cuda-python" | "pycuda" | "nvidia-smi"
-
-    @property
-    def sm(self) -> str:
-        return sm_tag(self.compute_capability)
-
-
-def _probe_gpu(device: int = 0) -> tuple[GpuInfo | None, str]:
-    """The GPU through a CUDA binding, else nvidia-smi; with why neither worked."""
-    try:
-        info = cuda_device_info(device)
-        driver = f"CUDA {info.cuda_driver_version}" if info.cuda_driver_version else None
-        gpu = GpuInfo(
-            info.name, info.compute_capability, driver, info.total_memory_mb, info.library
-        )
-        return gpu, ""
-    except CudaUnavailable as e:
-        binding_reason = str(e)
-    smi, smi_reason = _nvidia_smi(device)
-    return (smi, "") if smi else (None, f"{binding_reason}; nvidia-smi: {smi_reason}")
-
-
-def _nvidia_smi(device: int) -> tuple[GpuInfo | None, str]:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None, "not found"
-    query = "name,compute_cap,driver_version,memory.total"
-    cmd = [exe, f"--id={device}", f"--query-gpu={query}", "--format=csv,noheader,nounits"]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True).stdout
-        name, cc, driver, mem = (p.strip() for p in out.strip().splitlines()[0].split(","))
-        return GpuInfo(name, cc, driver, int(float(mem)), "nvidia-smi"), ""
-    except (subprocess.SubprocessError, OSError, ValueError, IndexError) as e:
-        return None, f"{type(e).__name__}: {e}"
-
-
-def gpu_info(device: int = 0) -> GpuInfo | None:
-    """Name, compute capability and driver of GPU ``device``, or None without one."""
-    return _probe_gpu(device)[0]
-
-
-def trt_available(device: int = 0) -> tuple[bool, str]:
-    """(True, "TensorRT 10.3.0 on Orin (sm87)") or (False, why and how to install)."""
-    try:
-        trt, gpu = require_target(device)
-    except TensorRTUnavailable as e:
-        return False, str(e)
-    return True, f"TensorRT {trt.__version__} on {gpu.name} ({gpu.sm})"
-
-
-def require_target(device: int = 0) -> tuple[ModuleType, GpuInfo]:
-    """TensorRT and the GPU to build for, or :class:`TensorRTUnavailable` before any work."""
-    trt = import_tensorrt()
-    gpu, why = _probe_gpu(device)
-    if gpu is None:
-        raise TensorRTUnavailable(
-            f"TensorRT {trt.__version__} is installed but no NVIDIA GPU could be found ({why}). "
-            f"{TENSORRT_INSTALL_HINT}"
-        )
-    return trt, gpu
 
 
 # ---------------------------------------------------------------- one engine

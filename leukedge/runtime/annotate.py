@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from leukedge.imaging.images import to_bgr_uint8
 from leukedge.runtime.cells import Cell
-from leukedge.runtime.images import to_bgr_uint8
 
 CELL_COLOUR = (255, 160, 0)  # BGR: a found cell, no class
 POSITIVE_COLOUR = (40, 40, 230)  # red: the positive class (ALL blast)

@@ -217,7 +217,7 @@ def _trt_engine_candidates(
     run_dir: Path, precisions: Sequence[str], device: str, unavailable: list[str]
 ) -> list[Candidate]:
     """Engines built for this machine's GPU and TensorRT under ``run_dir/engines``."""
-    from leukedge.export.tensorrt import trt_available
+    from leukedge.runtime.backends.gpu import trt_available
 
     index = _device_index(device)
     ok, why = trt_available(index)
@@ -407,7 +407,7 @@ class Classifier:
 
     def preprocess(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Crops -> float32 (N, 3, S, S) exactly as the model was trained."""
-        from leukedge.runtime.preprocess import preprocess_batch
+        from leukedge.imaging.preprocess import preprocess_batch
 
         return preprocess_batch(list(crops), self.spec)
 

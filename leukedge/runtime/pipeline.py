@@ -166,7 +166,7 @@ class CaptureThread(threading.Thread):
     def _crop(self, image: np.ndarray, cell: Cell) -> np.ndarray:
         if cell.crop is not None:
             return cell.crop
-        from leukedge.runtime.preprocess import crop_cell
+        from leukedge.imaging.preprocess import crop_cell
 
         return crop_cell(
             image,
@@ -527,7 +527,7 @@ def _machine() -> dict[str, Any]:
     """The machine description, probed once per process (it runs nvidia-smi)."""
     global _MACHINE
     if _MACHINE is None:
-        from leukedge.bench.machine import describe_machine
+        from leukedge.machine import describe_machine
 
         _MACHINE = describe_machine()
     return _MACHINE

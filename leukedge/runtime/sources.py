@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from leukedge.runtime.images import (
+from leukedge.imaging.images import (
     IMAGE_SUFFIXES,
     ImageReadError,
     is_image_file,

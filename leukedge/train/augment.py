@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from leukedge.runtime.preprocess import resize_to_input
+from leukedge.imaging.preprocess import resize_to_input
 from leukedge.spec import ModelSpec
 
 

@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from leukedge.data.records import Record
-from leukedge.runtime.images import ImageReadError, read_image
-from leukedge.runtime.preprocess import normalize, preprocess
+from leukedge.imaging.images import ImageReadError, read_image
+from leukedge.imaging.preprocess import normalize, preprocess
 from leukedge.spec import ModelSpec
 from leukedge.train.augment import AugmentConfig, augment
 

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from leukedge.export.engine_plan import (
+from leukedge.runtime.backends.base import BackendError, check_batch
+from leukedge.runtime.backends.cuda_mem import CudaApi, open_cuda
+from leukedge.runtime.backends.engine_plan import (
     TENSORRT_INSTALL_HINT,
     EngineMismatch,
     EngineSidecar,
@@ -33,8 +35,6 @@ from leukedge.export.engine_plan import (
     rebuild_command,
     target_folder_name,
 )
-from leukedge.runtime.backends.base import BackendError, check_batch
-from leukedge.runtime.backends.cuda_mem import CudaApi, open_cuda
 
 MIN_TENSORRT_MAJOR = 10
 

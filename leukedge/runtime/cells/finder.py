@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from leukedge.imaging.images import to_bgr_uint8
 from leukedge.runtime.cells.markers import (
     add_missing_peaks,
     draw_markers,
@@ -22,7 +23,6 @@ from leukedge.runtime.cells.scale import estimate_cell_diameter
 from leukedge.runtime.cells.split import split_cells
 from leukedge.runtime.cells.stain import StainMaps, background_grid, shrink, stain_maps
 from leukedge.runtime.cells.types import RBC_DIAMETER_UM, WBC_DIAMETER_UM, Cell, Tuning
-from leukedge.runtime.images import to_bgr_uint8
 
 if TYPE_CHECKING:
     from leukedge.spec import ModelSpec
@@ -49,7 +49,7 @@ class CellFinder:
     ``cell_diameter_px`` (white-cell diameter in frame pixels) or ``um_per_px``
     fixes the scale; without either it is measured on every frame. With a
     ``spec``, each cell gets ``crop`` from
-    :func:`leukedge.runtime.preprocess.crop_cell`, ready for the classifier.
+    :func:`leukedge.imaging.preprocess.crop_cell`, ready for the classifier.
     ``tuning`` keywords override :class:`Tuning` fields.
     """
 
@@ -174,7 +174,7 @@ class CellFinder:
             return []
         cells = cells_from_segmentation(seg, frame.shape[:2], self.tuning)
         if self.spec is not None:
-            from leukedge.runtime.preprocess import crop_cell
+            from leukedge.imaging.preprocess import crop_cell
 
             for c in cells:
                 c.crop = crop_cell(frame, c.box, self.spec, c.mask, c.full_diameter, c.full_centre)

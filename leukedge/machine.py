@@ -7,6 +7,7 @@ without /proc is still a report.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -59,26 +60,49 @@ def package_version(name: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
 def nvidia_gpus() -> list[dict[str, str]]:
-    """GPUs as nvidia-smi sees them (name, driver, memory); empty without a driver."""
-    if not shutil.which("nvidia-smi"):
+    """GPUs as nvidia-smi sees them, probed once per process; empty without a driver.
+
+    Each: ``index``, ``name``, ``compute_cap`` ("8.7"; empty on drivers too old to
+    report it), ``driver``, ``memory_mb`` and ``memory`` ("16384 MiB") for reports.
+    """
+    exe = shutil.which("nvidia-smi")
+    if not exe:
         return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    gpus = []
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3:
-            gpus.append({"name": parts[0], "driver": parts[1], "memory": parts[2]})
-    return gpus
+    for fields in (
+        "index,name,compute_cap,driver_version,memory.total",
+        "index,name,driver_version,memory.total",
+    ):
+        try:
+            out = subprocess.run(
+                [exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        names = fields.split(",")
+        gpus = []
+        for line in out.strip().splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) != len(names):
+                continue
+            row = dict(zip(names, parts, strict=True))
+            gpus.append(
+                {
+                    "index": row["index"],
+                    "name": row["name"],
+                    "compute_cap": row.get("compute_cap", ""),
+                    "driver": row["driver_version"],
+                    "memory_mb": row["memory.total"],
+                    "memory": f"{row['memory.total']} MiB",
+                }
+            )
+        return gpus
+    return []
 
 
 def jetson_info() -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from leukedge.runtime.images import to_bgr_uint8
+from leukedge.imaging.images import to_bgr_uint8
 from leukedge.spec import ModelSpec
 
 
