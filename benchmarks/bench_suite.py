@@ -36,9 +36,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from leukedge.artifacts import export_record_path, is_run_dir, read_export_record  # noqa: E402
 from leukedge.bench import run_bench  # noqa: E402
 from leukedge.bench.report import summary_rows  # noqa: E402
-from leukedge.io import atomic_write_json, atomic_write_text, read_json, sha256_file  # noqa: E402
+from leukedge.io import atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
 from leukedge.machine import describe_machine, machine_slug, markdown_machine  # noqa: E402
 from leukedge.progress import PrintReporter  # noqa: E402
 
@@ -65,9 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def readiness(run: Path, allow_export: bool) -> tuple[bool, str]:
     """(True, what will happen) or (False, why this run cannot be benchmarked now)."""
-    if not (run / "spec.json").is_file():
+    if not is_run_dir(run):
         return False, f"{run} is not a run dir (no spec.json)"
-    exported = (run / "export" / "export.json").is_file()
+    exported = export_record_path(run).is_file()
     if exported and (not allow_export or _export_current(run)):
         return True, "export/ reused"
     if not allow_export:
@@ -82,7 +83,7 @@ def _export_current(run: Path) -> bool:
     checkpoint = run / "checkpoint.pt"
     if not checkpoint.is_file():
         return True
-    record = read_json(run / "export" / "export.json")
+    record = read_export_record(run)
     return record.get("checkpoint_sha256") == sha256_file(checkpoint)
 
 

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads its OpenMP
 
+from leukedge.artifacts import PRECISIONS, read_export_record  # noqa: E402
 from leukedge.data.arrays import load_image_set  # noqa: E402
 from leukedge.export.parity import (  # noqa: E402
     compare,
@@ -44,7 +45,7 @@ from leukedge.export.parity import (  # noqa: E402
     torch_logits,
 )
 from leukedge.export.pipeline import export_run  # noqa: E402
-from leukedge.io import atomic_write_json, atomic_write_text, read_json, sha256_file  # noqa: E402
+from leukedge.io import atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
 from leukedge.machine import describe_machine, markdown_machine  # noqa: E402
 from leukedge.rundir import RunDir  # noqa: E402
 
@@ -81,11 +82,10 @@ def machine() -> dict[str, Any]:
 
 def ensure_export(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     """export.json of the run: existing (``--reuse``, same checkpoint) or made now."""
-    path = run / "export" / "export.json"
-    if args.reuse and path.is_file():
-        record = read_json(path)
+    record = read_export_record(run)
+    if args.reuse and record:
         same = record.get("checkpoint_sha256") == sha256_file(run / "checkpoint.pt")
-        if same and {"fp32", "fp16", "int8"} <= set(record.get("files", {})):
+        if same and set(PRECISIONS) <= set(record.get("files", {})):
             return record
     return export_run(
         run, calib_method=args.calib_method, calib_size=args.calib_size, data=args.data

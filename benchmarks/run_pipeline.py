@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from leukedge.artifacts import export_dir_of, onnx_name, precision_of_file
 from leukedge.io import atomic_write_json, atomic_write_text
 from leukedge.machine import describe_machine, markdown_machine
-from leukedge.runtime.backends.ort import precision_of
 from leukedge.runtime.cells import CellFinder
 from leukedge.runtime.classifier import Classifier
 from leukedge.runtime.detection_eval import load_xyc
@@ -38,9 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 def models_for(run: Path, precisions: list[str]) -> dict[str, Path | None]:
     """``{precision: model.<precision>.onnx}`` of a run dir or export folder; one ``.onnx`` as is."""
     if run.suffix == ".onnx":
-        return {precision_of(run): run}
-    folder = run / "export" if (run / "spec.json").is_file() else run
-    paths = {p: folder / f"model.{p}.onnx" for p in precisions}
+        return {precision_of_file(run): run}
+    folder = export_dir_of(run)
+    paths = {p: folder / onnx_name(p) for p in precisions}
     return {p: path if path.is_file() else None for p, path in paths.items()}
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from leukedge.budgets import Budgets, judge
 from leukedge.runtime.backends.base import BackendError
-from leukedge.runtime.classifier import run_dir_candidates
+from leukedge.runtime.backends.resolve import resolve_candidates
 
 
 def _parity(agreement: float, max_abs: float = 0.0, acc_delta: float = 0.0) -> dict:
@@ -56,21 +56,21 @@ def _export_dir(tmp_path: Path, int8_agreement: float) -> Path:
 
 def test_auto_leaves_out_an_artifact_that_failed_its_budget(tmp_path: Path) -> None:
     run = _export_dir(tmp_path, int8_agreement=0.55)
-    candidates, unavailable, _ = run_dir_candidates(run, "ort", "cpu", None)
+    candidates, unavailable, _ = resolve_candidates(run, "ort", "cpu")
     assert [c.name for c in candidates] == ["ort-fp32"]
-    assert any("ort-int8" in u and "--precision int8" in u for u in unavailable)
+    assert any("ort-int8" in u and "--backend ort-int8" in u for u in unavailable)
     # Asked for explicitly, it still runs.
-    explicit, _, _ = run_dir_candidates(run, "ort", "cpu", "int8")
+    explicit, _, _ = resolve_candidates(run, "ort-int8", "cpu")
     assert [c.name for c in explicit] == ["ort-int8"]
 
 
 def test_auto_keeps_an_artifact_within_budget(tmp_path: Path) -> None:
     run = _export_dir(tmp_path, int8_agreement=0.999)
-    candidates, _, _ = run_dir_candidates(run, "ort", "cpu", None)
+    candidates, _, _ = resolve_candidates(run, "ort", "cpu")
     assert sorted(c.name for c in candidates) == ["ort-fp32", "ort-int8"]
 
 
 def test_run_dir_without_export_says_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "spec.json").write_text(json.dumps({"arch": "cnn"}))
     with pytest.raises(BackendError, match="leukedge export"):
-        run_dir_candidates(tmp_path, "ort", "cpu", None)
+        resolve_candidates(tmp_path, "ort", "cpu")

@@ -15,20 +15,15 @@ a test double); it is opened and measured exactly like the built-in ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leukedge.runtime.backends.base import Backend, BackendError, BackendUnavailable
+from leukedge.artifacts import QDQ_EXACT, TORCH, backend_names, parse_backend
+from leukedge.runtime.backends.base import Backend, BackendUnavailable
+from leukedge.runtime.backends.resolve import OpenOptions, onnx_file, open_named
 from leukedge.spec import ModelSpec
 
-PRECISIONS = ("fp32", "fp16", "int8")
-TORCH = "torch"
-QDQ_EXACT = "qdq-int8-exact"
-ORT = tuple(f"ort-{p}" for p in PRECISIONS)
-ORT_CUDA = tuple(f"ort-{p}-cuda" for p in PRECISIONS)
-TRT = tuple(f"trt-{p}" for p in PRECISIONS)
-DEFAULT_BACKENDS = (TORCH, *ORT, *TRT)
 # x86 features with which ONNX Runtime's int8 kernels do not saturate 16-bit sums.
 INT8_SAFE_X86_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
@@ -47,7 +42,6 @@ class BenchContext:
     torch_device: str = "auto"
     gpu: int = 0
     idle_spinning: bool = False
-    cache: dict[str, Any] = field(default_factory=dict)
 
 
 Opener = Callable[[BenchContext], Backend]
@@ -66,16 +60,12 @@ def unregister_backend(name: str) -> None:
 
 
 def known_backends(include_registered: bool = True) -> list[str]:
-    names = [TORCH, *ORT, *ORT_CUDA, *TRT, QDQ_EXACT]
-    return names + (list(_REGISTRY) if include_registered else [])
+    return backend_names(cuda=True) + (list(_REGISTRY) if include_registered else [])
 
 
 def default_backends() -> list[str]:
-    """Every built-in backend, plus ONNX Runtime on CUDA where its provider is installed."""
-    names = list(DEFAULT_BACKENDS)
-    if _has_cuda_ep():
-        names[1 + len(ORT) : 1 + len(ORT)] = list(ORT_CUDA)
-    return names
+    """Every built-in backend that runs models, plus ORT on CUDA where its provider is installed."""
+    return [n for n in backend_names(cuda=_has_cuda_ep()) if n != QDQ_EXACT]
 
 
 def _has_cuda_ep() -> bool:
@@ -101,10 +91,11 @@ def parse_backends(value: str | Sequence[str] | None) -> list[str]:
 
 
 def precision_of(name: str) -> str | None:
-    """fp32/fp16/int8 from a backend name (torch is fp32)."""
-    if name == TORCH:
-        return "fp32"
-    return next((p for p in PRECISIONS if p in name.split("-")), None)
+    """fp32/fp16/int8 from a backend name (torch is fp32); None for a registered name."""
+    try:
+        return parse_backend(name).precision
+    except ValueError:
+        return None
 
 
 def int8_kernels_saturate(machine: dict[str, Any]) -> bool:
@@ -117,12 +108,7 @@ def int8_kernels_saturate(machine: dict[str, Any]) -> bool:
 
 def onnx_path(ctx: BenchContext, precision: str) -> Path:
     """The exported file of ``precision``, or why it is missing."""
-    path = ctx.run_dir / "export" / f"model.{precision}.onnx"
-    if not path.is_file():
-        raise BackendUnavailable(
-            f"not exported: no {path} (run `leukedge export {ctx.run_dir} --precision {precision}`)"
-        )
-    return path
+    return onnx_file(ctx.run_dir, precision)
 
 
 def open_backend(name: str, ctx: BenchContext) -> Backend:
@@ -131,11 +117,10 @@ def open_backend(name: str, ctx: BenchContext) -> Backend:
         return _REGISTRY[name](ctx)
     if name == TORCH:
         return _open_torch(ctx)
-    if name in ORT or name in ORT_CUDA:
-        return _open_ort(name, ctx)
-    if name in TRT:
-        return _open_trt(name, ctx)
-    raise BenchError(f"{name} is not a backend that can be opened (parity-only or unknown)")
+    if name == QDQ_EXACT or name not in known_backends():
+        raise BenchError(f"{name} is not a backend that can be opened (parity-only or unknown)")
+    options = OpenOptions(threads=ctx.threads, spinning=ctx.idle_spinning, gpu=ctx.gpu)
+    return open_named(name, ctx.run_dir, options, expected_spec=ctx.spec)
 
 
 def _open_torch(ctx: BenchContext) -> Backend:
@@ -149,56 +134,6 @@ def _open_torch(ctx: BenchContext) -> Backend:
             f"no checkpoint.pt in {ctx.run_dir} (only the export was copied here)"
         )
     return TorchBackend.from_run(ctx.run_dir, device=ctx.torch_device, threads=ctx.threads)
-
-
-def _open_ort(name: str, ctx: BenchContext) -> Backend:
-    from leukedge.runtime.backends.ort import OrtBackend, spec_from_onnx
-
-    precision = precision_of(name) or "fp32"
-    path = onnx_path(ctx, precision)
-    embedded = spec_from_onnx(path)
-    if embedded != ctx.spec:
-        raise BackendError(
-            f"{path} was exported from another model (its embedded spec differs from "
-            f"spec.json): re-run `leukedge export {ctx.run_dir}`"
-        )
-    device = "cuda" if name.endswith("-cuda") else "cpu"
-    backend = OrtBackend(path, device=device, threads=ctx.threads, spec=embedded)
-    backend.name = name
-    if not ctx.idle_spinning:
-        without_idle_spinning(backend)
-    return backend
-
-
-def without_idle_spinning(backend: Any) -> None:
-    """Re-create an :class:`OrtBackend`'s session with its own options, spinning off.
-
-    ONNX Runtime's worker threads spin after each run by default: in an
-    interleaved measurement they would steal the cores of the backend timed next
-    (on a 2-core CPU PyTorch measured ~20x slower beside spinning threads).
-    Every other option of the runtime's session is kept as it is.
-    """
-    import onnxruntime as ort
-
-    options = backend.session.get_session_options()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = backend.session.get_providers()
-    backend.session = ort.InferenceSession(str(backend.path), options, providers=providers)
-
-
-def _open_trt(name: str, ctx: BenchContext) -> Backend:
-    from leukedge.runtime.backends.gpu import trt_available
-
-    if "trt_available" not in ctx.cache:
-        ctx.cache["trt_available"] = trt_available(ctx.gpu)
-    ok, why = ctx.cache["trt_available"]
-    if not ok:
-        raise BackendUnavailable(f"TensorRT: {why}")
-    from leukedge.runtime.backends.trt import TrtBackend, find_engine
-
-    precision = precision_of(name) or "fp32"
-    path = find_engine(ctx.run_dir, precision, ctx.gpu)
-    return TrtBackend(path, device=ctx.gpu)
 
 
 def artifact_of(backend: Backend) -> str | None:

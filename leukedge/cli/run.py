@@ -65,9 +65,11 @@ def run_command(
         "rtsp://..., gst:PIPELINE.",
     ),
     backend: str = typer.Option(
-        "auto", help="auto (time every backend that runs here, keep the fastest) | ort | trt"
+        "auto",
+        help="auto (time every backend that runs here, keep the fastest within its parity "
+        "budget) | ort | trt (any precision of one runtime) | one backend, named as "
+        "`leukedge bench` names them: ort-fp32, ort-int8, ort-fp16-cuda, trt-fp16, trt-int8...",
     ),
-    precision: str = typer.Option("auto", help="auto | fp32 | fp16 | int8 (for a run dir)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: leukedge-run/<date-time>)."
@@ -111,10 +113,10 @@ def run_command(
     src = open_source(source, max_frames=max_frames)
     try:
         if as_json:
-            clf = Classifier.load(model, backend, device, precision, batch)
+            clf = Classifier.load(model, backend, device, batch)
         else:
             with console.status("choosing the backend (timing each candidate)"):
-                clf = Classifier.load(model, backend, device, precision, batch)
+                clf = Classifier.load(model, backend, device, batch)
             console.print(f"backend [bold]{clf.backend.name}[/]: {clf.selection.reason}")
             for note in clf.selection.notes:
                 console.print(f"[yellow]note:[/] {escape(note)}")

@@ -23,6 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from leukedge.artifacts import (
+    PRECISIONS,
+    artifact,
+    onnx_name,
+    parse_precisions,
+    read_export_record,
+    write_export_record,
+)
 from leukedge.budgets import FP32_MAX_ABS_DIFF, Budgets, judge
 from leukedge.data.arrays import ImageSet, load_image_set, stratified_subset
 from leukedge.data.records import DatasetError, Record
@@ -36,20 +44,14 @@ from leukedge.export.parity import (
     reference_logits,
     torch_logits,
 )
-from leukedge.io import atomic_write_json, read_json, sha256_file
+from leukedge.io import sha256_file
 from leukedge.rundir import RunDir, RunDirError
 from leukedge.spec import ModelSpec
 
-PRECISIONS = ("fp32", "fp16", "int8")
 EXPORT_JSON_VERSION = 1
 PARITY_SPLIT = "val"
-# Budgets from DESIGN.md ("Parity and latency"): beyond them export.json warns.
 
 Progress = Callable[[str, int, int], None]
-
-
-def file_name(precision: str) -> str:
-    return f"model.{precision}.onnx"
 
 
 @dataclass
@@ -95,12 +97,12 @@ def export_run(
     previous = _previous(out_dir, checkpoint_sha)
     files: dict[str, dict[str, Any]] = {}
 
-    fp32_path = out_dir / file_name("fp32")
+    fp32_path = out_dir / onnx_name("fp32")
     todo = [p for p in PRECISIONS if p in wanted or (p == "fp32" and "fp32" not in previous)]
     if "fp32" not in todo:
         files["fp32"] = previous["fp32"]
     for precision in todo:
-        path = out_dir / file_name(precision)
+        path = out_dir / onnx_name(precision)
         try:
             if precision == "fp32":
                 tell("export fp32", 0, 1)
@@ -128,12 +130,12 @@ def export_run(
     warnings += _budget_warnings(files)
     record = _record(run, spec, checkpoint_sha, files, previous, val, warnings, errors)
     tell("write export.json", 0, 1)
-    atomic_write_json(out_dir / "export.json", record)
+    record_path = write_export_record(out_dir, record)
     tell("write export.json", 1, 1)
     if errors:
         raise ExportError(
             "; ".join(f"{p}: {m}" for p, m in errors.items())
-            + f" (the other files and {out_dir / 'export.json'} were written)"
+            + f" (the other files and {record_path} were written)"
         )
     return record
 
@@ -153,14 +155,10 @@ def _parity(
 def _check_args(
     precisions: Sequence[str] | str, calib_method: str, calib_size: int | None
 ) -> list[str]:
-    if isinstance(precisions, str):  # "fp32,int8" as typed on the command line
-        precisions = precisions.split(",")
-    wanted = [p.strip().lower() for p in precisions if p.strip()]
-    unknown = sorted(set(wanted) - set(PRECISIONS))
-    if unknown or not wanted:
-        raise ExportError(
-            f"unknown precision(s) {unknown or precisions}; choose from {', '.join(PRECISIONS)}"
-        )
+    try:
+        wanted = parse_precisions(precisions if isinstance(precisions, str) else tuple(precisions))
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     int8_mod.method_enum(calib_method)
     if calib_size is not None and calib_size < 1:
         raise ExportError(f"--calib-size must be >= 1, got {calib_size}")
@@ -188,13 +186,7 @@ def _load_val(
 
 def _previous(out_dir: Path, checkpoint_sha: str) -> dict[str, dict[str, Any]]:
     """Entries of an earlier export.json of the same checkpoint whose files are unchanged."""
-    path = out_dir / "export.json"
-    if not path.is_file():
-        return {}
-    try:
-        old = read_json(path)
-    except (OSError, ValueError):
-        return {}
+    old = read_export_record(out_dir)
     if old.get("checkpoint_sha256") != checkpoint_sha:
         return {}
     kept = {}
@@ -300,7 +292,7 @@ def _budget_warnings(files: dict[str, dict[str, Any]]) -> list[str]:
         parity = entry.get("parity_qdq_reference") or entry.get("parity")
         if not parity:
             continue
-        verdict = judge(precision, parity, budgets)
+        verdict = judge(artifact(precision).budget_key, parity, budgets)
         if verdict["status"] == "fail":
             out += [f"{precision}: {reason}" for reason in verdict["reasons"]]
         if precision == "int8":

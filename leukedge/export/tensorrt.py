@@ -23,9 +23,17 @@ from types import ModuleType
 from typing import Any
 
 import leukedge
+from leukedge.artifacts import (
+    ENGINE_AUTO_ORDER,
+    PRECISIONS,
+    SPEC_FILE,
+    engines_root,
+    export_dir_of,
+    onnx_name,
+    run_dir_of_export,
+)
 from leukedge.io import atomic_write_bytes, sha256_file
 from leukedge.runtime.backends.engine_plan import (
-    PRECISIONS,
     BuildFlags,
     EngineBuildError,
     EngineKey,
@@ -41,7 +49,7 @@ from leukedge.runtime.backends.engine_plan import (
 from leukedge.runtime.backends.gpu import require_target
 from leukedge.spec import ModelSpec, SpecError
 
-DEFAULT_PRECISIONS = ("fp16", "int8", "fp32")
+DEFAULT_PRECISIONS = ENGINE_AUTO_ORDER  # the fastest-first order --backend auto tries
 AUTO = "auto"
 
 Log = Callable[[str], None]
@@ -152,9 +160,9 @@ def _spec_for(onnx_path: Path) -> ModelSpec:
     try:
         return spec_from_onnx(onnx_path)
     except SpecError:
-        run_spec = onnx_path.parent.parent / "spec.json"
-        if onnx_path.parent.name == "export" and run_spec.is_file():
-            return ModelSpec.load(run_spec)
+        run_dir = run_dir_of_export(onnx_path.parent)
+        if run_dir is not None:
+            return ModelSpec.load(run_dir / SPEC_FILE)
         raise
 
 
@@ -307,8 +315,8 @@ def resolve_onnx_files(
         raise EngineBuildError(
             f"{target} does not exist: pass a run dir (runs/NAME) or an exported MODEL.onnx"
         )
-    export = target / "export"
-    found = [(export / f"model.{p}.onnx", p) for p in wanted]
+    export = export_dir_of(target)
+    found = [(export / onnx_name(p), p) for p in wanted]
     missing = [path for path, _ in found if not path.is_file()]
     if precisions and missing:
         raise EngineBuildError(
@@ -317,7 +325,7 @@ def resolve_onnx_files(
         )
     present = [(path, p) for path, p in found if path.is_file()]
     if not present:
-        names = ", ".join(f"model.{p}.onnx" for p in wanted)
+        names = ", ".join(onnx_name(p) for p in wanted)
         raise EngineBuildError(
             f"{export} has none of {names}: export the model first with `leukedge export {target}`"
         )
@@ -348,7 +356,7 @@ def build_engines(
     target = Path(target)
     root = Path(out) if out is not None else None
     if root is None and target.is_dir():
-        root = target / "engines"
+        root = engines_root(target)
     results = []
     for onnx_path, _ in files:
         results.append(

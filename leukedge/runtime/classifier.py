@@ -22,23 +22,12 @@ from typing import Any
 import numpy as np
 
 from leukedge.runtime.backends.base import Backend, BackendError, infer_in_batches
+from leukedge.runtime.backends.resolve import Candidate, resolve_candidates
 from leukedge.spec import ModelSpec
 
-PRECISION_ORDER = ("fp32", "int8", "fp16")
-ENGINE_PRECISION_ORDER = ("fp16", "int8", "fp32")
-BACKENDS = ("auto", "ort", "trt")
 DEFAULT_BATCH = 8
 
 Measure = Callable[[Backend, int], dict[str, Any]]
-
-
-@dataclass
-class Candidate:
-    """One way to run the model here: a name, the file it runs and how to open it."""
-
-    name: str
-    artifact: str
-    open: Callable[[], Backend]
 
 
 @dataclass
@@ -176,186 +165,6 @@ def records_batch(records: Sequence[dict[str, Any]]) -> str:
     return "/".join(map(str, sizes)) or "?"
 
 
-# --------------------------------------------------------------------------- resolving
-
-
-def _device_index(device: str) -> int:
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return int(device[5:])
-    return 0
-
-
-def _ort_devices(device: str) -> list[str]:
-    """ONNX Runtime providers to try: CPU always (unless a GPU is asked for), CUDA where present."""
-    from leukedge.runtime.backends.ort import available_providers
-
-    if device == "cpu":
-        return ["cpu"]
-    if device.startswith("cuda"):
-        return ["cuda"]
-    have = available_providers()
-    return ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in have else [])
-
-
-def _ort_candidates(paths: Sequence[Path], device: str) -> list[Candidate]:
-    from leukedge.runtime.backends.ort import OrtBackend, precision_of
-
-    out = []
-    for path in paths:
-        for dev in _ort_devices(device):
-            out.append(
-                Candidate(
-                    f"ort-{precision_of(path)}" + ("" if dev == "cpu" else f"-{dev}"),
-                    str(path),
-                    lambda p=path, d=dev: OrtBackend(p, device=d),
-                )
-            )
-    return out
-
-
-def _trt_engine_candidates(
-    run_dir: Path, precisions: Sequence[str], device: str, unavailable: list[str]
-) -> list[Candidate]:
-    """Engines built for this machine's GPU and TensorRT under ``run_dir/engines``."""
-    from leukedge.runtime.backends.gpu import trt_available
-
-    index = _device_index(device)
-    ok, why = trt_available(index)
-    if not ok:
-        unavailable.append(f"TensorRT: {why}")
-        return []
-    from leukedge.runtime.backends.trt import TrtBackend, find_engine
-
-    out = []
-    for precision in precisions:
-        try:
-            path = find_engine(run_dir, precision, index)
-        except BackendError as e:
-            unavailable.append(str(e))
-            continue
-        out.append(
-            Candidate(f"trt-{precision}", str(path), lambda p=path: TrtBackend(p, device=index))
-        )
-    return out
-
-
-def _precisions(precision: str | None, order: Sequence[str]) -> list[str]:
-    if precision in (None, "auto"):
-        return list(order)
-    if precision not in order:
-        raise BackendError(f"precision must be auto, fp32, fp16 or int8, got {precision!r}")
-    return [precision]
-
-
-def _read_export_record(export_dir: Path) -> dict[str, Any]:
-    """export.json of an export folder, or {} when it is missing or unreadable."""
-    path = export_dir / "export.json"
-    if not path.is_file():
-        return {}
-    try:
-        from leukedge.io import read_json
-
-        record = read_json(path)
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _within_budget(
-    onnx_files: list[Path], record: dict[str, Any], unavailable: list[str]
-) -> list[Path]:
-    """Drop files whose ONNX Runtime parity in export.json failed its budget.
-
-    An automatic choice must not trade correctness for speed: on x86 CPUs without
-    VNNI, ONNX Runtime's INT8 kernels can flip many predictions even where the
-    INT8 file itself is fine. Asking for the precision explicitly still runs it.
-    """
-    from leukedge.budgets import Budgets, judge
-    from leukedge.runtime.backends.ort import precision_of
-
-    files = record.get("files", {})
-    kept = []
-    for onnx in onnx_files:
-        precision = precision_of(onnx)
-        parity = files.get(precision, {}).get("parity")
-        verdict = judge(precision, parity, Budgets()) if parity else {"status": "none"}
-        if verdict["status"] == "fail":
-            unavailable.append(
-                f"ort-{precision}: left out of --backend auto, its ONNX Runtime parity in "
-                f"export.json failed the budget ({'; '.join(verdict['reasons'])}); "
-                f"pass --precision {precision} to run it anyway"
-            )
-        else:
-            kept.append(onnx)
-    return kept or onnx_files
-
-
-def run_dir_candidates(
-    run_dir: Path, backend: str, device: str, precision: str | None
-) -> tuple[list[Candidate], list[str], list[str]]:
-    """(candidates, why others are unavailable, notes) for a run dir or an export folder."""
-    export_dir = run_dir / "export" if (run_dir / "spec.json").is_file() else run_dir
-    wanted = _precisions(precision, PRECISION_ORDER)
-    onnx_files = [export_dir / f"model.{p}.onnx" for p in wanted]
-    onnx_files = [p for p in onnx_files if p.is_file()]
-    record = _read_export_record(export_dir)
-    unavailable: list[str] = []
-    candidates: list[Candidate] = []
-    if backend in ("auto", "trt") and (run_dir / "spec.json").is_file():
-        engine_order = [p for p in ENGINE_PRECISION_ORDER if p in wanted]
-        candidates += _trt_engine_candidates(run_dir, engine_order, device, unavailable)
-        if backend == "trt" and not candidates:
-            raise BackendError("--backend trt, but " + "; ".join(unavailable))
-    if backend in ("auto", "ort"):
-        if precision in (None, "auto"):
-            onnx_files = _within_budget(onnx_files, record, unavailable)
-        candidates += _ort_candidates(onnx_files, device)
-    if not candidates:
-        if not onnx_files:
-            what = "" if precision in (None, "auto") else f" {precision}"
-            raise BackendError(
-                f"{run_dir} has no exported{what} model ({export_dir}/model.*.onnx): "
-                f"run `leukedge export {run_dir}` first"
-            )
-        raise BackendError(f"no backend can run {run_dir} here: " + "; ".join(unavailable))
-    # Parity warnings export.json recorded, shown next to the choice.
-    notes = [f"export.json: {w}" for w in record.get("warnings", [])]
-    return candidates, unavailable, notes
-
-
-def resolve_candidates(
-    model: str | Path, backend: str = "auto", device: str = "auto", precision: str | None = None
-) -> tuple[list[Candidate], list[str], list[str]]:
-    """Every way ``model`` can run here under the ``backend`` choice."""
-    if backend not in BACKENDS:
-        raise BackendError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if (path / "spec.json").is_file() or any(path.glob("model.*.onnx")):
-            return run_dir_candidates(path, backend, device, precision)
-        raise BackendError(
-            f"{path} is neither a run dir (no spec.json) nor an export folder (no model.*.onnx)"
-        )
-    if not path.is_file():
-        raise BackendError(f"no model at {path} (give a run dir, an .onnx or an .engine)")
-    suffix = path.suffix.lower()
-    if suffix == ".engine":
-        if backend == "ort":
-            raise BackendError(f"{path} is a TensorRT engine; ONNX Runtime runs the .onnx files")
-        from leukedge.runtime.backends.trt import TrtBackend
-
-        index = _device_index(device)
-        return [Candidate(f"trt ({path.name})", str(path), lambda: TrtBackend(path, index))], [], []
-    if suffix == ".onnx":
-        if backend == "trt":
-            raise BackendError(
-                f"{path} is an ONNX file; TensorRT runs engines built from it on this machine "
-                f"(`leukedge build-engine RUN_DIR`), then pass the run dir or the .engine"
-            )
-        return _ort_candidates([path], device), [], []
-    raise BackendError(f"{path}: a model is a run dir, an .onnx or an .engine file")
-
-
 # --------------------------------------------------------------------------- classifier
 
 
@@ -378,18 +187,18 @@ class Classifier:
         model: str | Path,
         backend: str = "auto",
         device: str = "auto",
-        precision: str | None = None,
         batch: int = DEFAULT_BATCH,
         measure: Measure | None = None,
     ) -> Classifier:
         """Open ``model`` (run dir, ``.onnx`` or ``.engine``) on the fastest backend here.
 
-        ``backend``: ``auto`` (measure every candidate), ``ort`` or ``trt`` (measure
-        only those); ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``;
-        ``precision``: limit a run dir to one of fp32/fp16/int8; ``batch``: the
-        batch size candidates are timed at (the pipeline's ``--batch``).
+        ``backend``: ``auto`` (measure every candidate), a family ``ort`` or ``trt``
+        (measure only those), or one backend such as ``ort-int8``, ``ort-fp16-cuda``,
+        ``trt-fp16`` (the names ``leukedge bench`` uses); ``device``: ``auto``,
+        ``cpu``, ``cuda`` or ``cuda:N``; ``batch``: the batch size candidates are
+        timed at (the pipeline's ``--batch``).
         """
-        candidates, unavailable, notes = resolve_candidates(model, backend, device, precision)
+        candidates, unavailable, notes = resolve_candidates(model, backend, device)
         chosen, selection = choose_fastest(candidates, batch, measure)
         selection.unavailable = unavailable
         selection.notes = notes

@@ -24,14 +24,20 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from leukedge.artifacts import (
+    ENGINES_DIR,
+    EXPORT_DIR,
+    artifact,
+    engine_name,
+    precision_of_file,
+    run_dir_of_export,
+)
 from leukedge.io import read_json, sha256_file
 from leukedge.runtime.backends.base import BackendError, BackendUnavailable
-from leukedge.runtime.backends.ort import precision_of
 from leukedge.spec import INPUT_NAME, OUTPUT_NAME, ModelSpec, SpecError
 
 SIDECAR_FORMAT = "leukedge.engine"
 SIDECAR_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_SUFFIX = ".engine"
 SIDECAR_SUFFIX = ".json"
 TIMING_CACHE_NAME = "timing.cache"
@@ -105,9 +111,7 @@ def target_folder_name(trt_version: str, gpu_name: str, cc: str | tuple[int, int
 
 def engine_file_name(precision: str, dla_core: int | None = None) -> str:
     """``model.<precision>.engine``; DLA engines get ``.dla<N>`` so they never replace GPU ones."""
-    check_precision(precision)
-    dla = "" if dla_core is None else f".dla{int(dla_core)}"
-    return f"model.{precision}{dla}{ENGINE_SUFFIX}"
+    return engine_name(precision, dla_core)
 
 
 def sidecar_path_for(engine_path: str | Path) -> Path:
@@ -123,23 +127,21 @@ def timing_cache_path(
 
 
 def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
+    return artifact(precision).precision
 
 
 def onnx_precision(path: str | Path) -> str:
-    """Precision of ``model.<precision>.onnx``; the ONNX graph, not a flag, carries it."""
-    return precision_of(path)
+    """Precision named by a leukedge file (``model.<precision>.onnx``), fp32 for other names.
+
+    The name only labels the engine: what TensorRT builds is the precision the graph holds.
+    """
+    return precision_of_file(path)
 
 
 def default_engines_root(onnx_path: str | Path) -> Path:
     """``runs/NAME/engines`` for ``runs/NAME/export/*.onnx``, else ``<onnx folder>/engines``."""
-    onnx_path = Path(onnx_path)
-    parent = onnx_path.parent
-    if parent.name == "export" and (parent.parent / "spec.json").is_file():
-        return parent.parent / "engines"
-    return parent / "engines"
+    parent = Path(onnx_path).parent
+    return (run_dir_of_export(parent) or parent) / ENGINES_DIR
 
 
 # ---------------------------------------------------------------- flags, profile, key
@@ -398,7 +400,8 @@ def load_sidecar_for(engine_path: str | Path) -> EngineSidecar:
 def rebuild_command(sidecar: EngineSidecar) -> str:
     """The exact ``leukedge build-engine`` call that rebuilds this engine on the current machine."""
     onnx = Path(sidecar.onnx_path)
-    target = str(onnx.parent.parent) if onnx.parent.name == "export" else str(onnx)
+    # By name only: the sidecar may come from another machine where the run dir lived.
+    target = str(onnx.parent.parent) if onnx.parent.name == EXPORT_DIR else str(onnx)
     args = ["leukedge", "build-engine", _quote(target), "--precision", sidecar.precision]
     return " ".join(args + sidecar.build_flags.cli_args())
 

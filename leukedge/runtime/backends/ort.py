@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from leukedge.artifacts import precision_of_file
 from leukedge.runtime.backends.base import BackendError, check_batch
 from leukedge.spec import ONNX_METADATA_KEY, ModelSpec, SpecError
 
@@ -31,12 +32,6 @@ def spec_from_onnx(path: str | Path) -> ModelSpec:
     )
 
 
-def precision_of(path: str | Path) -> str:
-    """Precision from leukedge's file naming (``model.<precision>.onnx``), fp32 otherwise."""
-    parts = Path(path).name.split(".")
-    return parts[-2] if len(parts) >= 3 and parts[-2] in ("fp32", "fp16", "int8") else "fp32"
-
-
 def available_providers() -> list[str]:
     import onnxruntime as ort
 
@@ -52,14 +47,21 @@ class OrtBackend:
         device: str = "cpu",
         threads: int | None = None,
         spec: ModelSpec | None = None,
+        spinning: bool = True,
     ) -> None:
+        """``spinning=False`` stops idle worker threads from spinning after each run.
+
+        ONNX Runtime's workers spin by default; in an interleaved measurement they
+        would steal the cores of the backend timed next (on a 2-core CPU PyTorch
+        measured ~20x slower beside spinning threads).
+        """
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise BackendError(f"no ONNX model at {self.path}")
         self.spec = spec or spec_from_onnx(self.path)
-        self.precision = precision_of(self.path)
+        self.precision = precision_of_file(self.path)
         wanted = PROVIDER_ALIASES.get(device, [device])
         have = set(ort.get_available_providers())
         providers = [p for p in wanted if p in have]
@@ -73,6 +75,8 @@ class OrtBackend:
         if threads is None:
             threads = int(os.environ.get("LEUKEDGE_ORT_THREADS", "0"))
         options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         self.provider = self.session.get_providers()[0]
         self.device = "cpu" if self.provider == "CPUExecutionProvider" else "cuda:0"

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from leukedge.artifacts import engines_root
 from leukedge.runtime.backends.base import BackendError, check_batch
 from leukedge.runtime.backends.cuda_mem import CudaApi, open_cuda
 from leukedge.runtime.backends.engine_plan import (
@@ -78,7 +79,7 @@ def find_engine(
     finally:
         cuda.close()
     root = Path(root)
-    engines = root / "engines" if (root / "spec.json").is_file() else root
+    engines = engines_root(root)
     folder = target_folder_name(trt.__version__, info.name, info.compute_capability)
     path = engines / folder / engine_file_name(precision, dla_core)
     if not path.is_file():
