@@ -110,16 +110,16 @@ def choose_fastest(
     for c in candidates:
         record: dict[str, Any] = {"name": c.name, "artifact": c.artifact}
         records.append(record)
-        backend = _open_and_measure(c, batch, measure, record)
-        if backend is None:
+        opened = _open_and_measure(c, batch, measure, record)
+        if opened is None:
             continue
         per_image = float(record["ms_per_image"])
         if best is None or per_image < best[0]:
             if best is not None:
                 best[1].close()
-            best = (per_image, backend, c, record)
+            best = (per_image, opened, c, record)
         else:
-            backend.close()
+            opened.close()
     if best is None:
         raise BackendError(
             "no backend could run the model: "

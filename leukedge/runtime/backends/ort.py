@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class OrtBackend:
         options.intra_op_num_threads = threads
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        self.session: Any = ort.InferenceSession(str(self.path), options, providers=providers)
         self.provider = self.session.get_providers()[0]
         self.device = "cpu" if self.provider == "CPUExecutionProvider" else "cuda:0"
         self.name = f"ort-{self.precision}" + ("" if self.device == "cpu" else f"-{device}")
@@ -95,7 +96,7 @@ class OrtBackend:
         """ONNX Runtime's ``run`` returns host arrays: nothing is left queued."""
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.session = None
 
     def __repr__(self) -> str:
         return f"OrtBackend({str(self.path)!r}, provider={self.provider})"

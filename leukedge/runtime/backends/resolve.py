@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,7 @@ def _ort_candidates(
                 Candidate(
                     f"ort-{precision_of_file(path)}" + ("" if dev == "cpu" else f"-{dev}"),
                     str(path),
-                    lambda p=path, d=dev: open_ort(p, d, options),
+                    partial(open_ort, path, dev, options),
                 )
             )
     return out
@@ -186,11 +187,7 @@ def _trt_engine_candidates(
         except BackendError as e:
             unavailable.append(str(e))
             continue
-        out.append(
-            Candidate(
-                f"trt-{precision}", str(path), lambda p=path: TrtBackend(p, device=options.gpu)
-            )
-        )
+        out.append(Candidate(f"trt-{precision}", str(path), partial(TrtBackend, path, options.gpu)))
     return out
 
 
@@ -233,14 +230,14 @@ def run_dir_candidates(
     candidates: list[Candidate] = []
     any_precision = choice.precision is None
     if choice.family in (AUTO, "trt") and is_run_dir(model_dir):
-        order = ENGINE_AUTO_ORDER if any_precision else (choice.precision,)
+        order = ENGINE_AUTO_ORDER if choice.precision is None else (choice.precision,)
         candidates += _trt_engine_candidates(model_dir, order, options, unavailable)
         if choice.family == "trt" and not candidates:
             raise BackendError(f"--backend {choice.name}, but " + "; ".join(unavailable))
     onnx_files: list[Path] = []
     if choice.family in (AUTO, "ort"):
-        order = ORT_AUTO_ORDER if any_precision else (choice.precision,)
-        onnx_files = [export_dir / artifact(p).onnx_name for p in order if p]
+        order = ORT_AUTO_ORDER if choice.precision is None else (choice.precision,)
+        onnx_files = [export_dir / artifact(p).onnx_name for p in order]
         onnx_files = [p for p in onnx_files if p.is_file()]
         if any_precision:
             onnx_files = within_budget(onnx_files, record, unavailable)

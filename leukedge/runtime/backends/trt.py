@@ -109,7 +109,8 @@ class TrtBackend:
         self._engine: Any = None
         self._runtime: Any = None
         self.last_device_ms: float | None = None
-        self.min_batch, self.max_batch = 1, None
+        self.min_batch: int = 1
+        self.max_batch: int | None = None
         self._owns_cuda = cuda is None
         if not self.path.is_file():
             raise BackendError(
@@ -131,10 +132,17 @@ class TrtBackend:
             self.close()
             raise
 
+    @property
+    def _api(self) -> CudaApi:
+        """The open CUDA binding; a closed backend says so instead of failing on None."""
+        if self._cuda is None:
+            raise BackendError(f"{self.path.name}: the TensorRT backend is closed")
+        return self._cuda
+
     # ------------------------------------------------------------ setup
 
     def _load(self, trt: ModuleType) -> None:
-        info = self._cuda.device_info()
+        info = self._api.device_info()
         check_engine_compatible(
             self.sidecar, trt.__version__, info.name, info.compute_capability, self.path
         )
@@ -185,7 +193,7 @@ class TrtBackend:
             shape = pmax if name == self.input_name else _dims(self._context.get_tensor_shape(name))
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             count = math.prod(shape)
-            ptr = self._cuda.malloc(max(1, count * dtype.itemsize))
+            ptr = self._api.malloc(max(1, count * dtype.itemsize))
             self._device_ptrs[name] = ptr
             if not self._context.set_tensor_address(name, ptr):
                 raise BackendError(f"TensorRT refused the device buffer of tensor {name!r}")
@@ -193,11 +201,11 @@ class TrtBackend:
                 self._h_in = self._host_buffer(count, dtype)
             elif name == self.output_name:
                 self._h_out = self._host_buffer(count, dtype)
-        self._stream = self._cuda.stream_create()
-        self._events = [self._cuda.event_create(), self._cuda.event_create()]
+        self._stream = self._api.stream_create()
+        self._events = [self._api.event_create(), self._api.event_create()]
 
     def _host_buffer(self, count: int, dtype: np.dtype) -> np.ndarray:
-        array = self._cuda.host_empty(count, dtype)
+        array = self._api.host_empty(count, dtype)
         self._host.append(array)
         return array
 
@@ -210,7 +218,7 @@ class TrtBackend:
         x = check_batch(batch, self.spec, self.max_batch)
         if x.shape[0] < self.min_batch:
             raise BackendError(f"batch {x.shape[0]} is below the engine's minimum {self.min_batch}")
-        cuda, stream = self._cuda, self._stream
+        cuda, stream = self._api, self._stream
         host_in = self._h_in[: x.size].reshape(x.shape)
         np.copyto(host_in, x, casting="same_kind")  # fp32, or fp16 if the engine takes fp16
         if not self._context.set_input_shape(self.input_name, x.shape):
@@ -230,7 +238,7 @@ class TrtBackend:
 
     def synchronize(self) -> None:
         if not self._closed and self._stream is not None:
-            self._cuda.stream_synchronize(self._stream)
+            self._api.stream_synchronize(self._stream)
 
     def close(self) -> None:
         """Release context, engine, buffers, events and stream; safe to call twice."""
