@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from leukedge.bench import run_bench  # noqa: E402
-from leukedge.bench.report import summary_rows  # noqa: E402
+from leukedge.bench.markdown import summary_rows  # noqa: E402
 from leukedge.io import atomic_write_json, atomic_write_text, read_json, sha256_file  # noqa: E402
 from leukedge.machine import describe_machine, machine_slug, markdown_machine  # noqa: E402
 from leukedge.progress import PrintReporter  # noqa: E402

@@ -43,9 +43,10 @@ from leukedge.bench.latency import (
     summarize_ms,
     throughput,
 )
+from leukedge.bench.markdown import to_markdown
 from leukedge.bench.parity import backend_parity, metrics_of
 from leukedge.bench.plots import latency_png, parity_png
-from leukedge.bench.report import finite_or_none, to_markdown
+from leukedge.bench.schema import finite_or_none
 from leukedge.budgets import judge
 from leukedge.cli import app
 from leukedge.data.arrays import ImageSet

@@ -33,7 +33,8 @@ from leukedge.bench.backends import (
 )
 from leukedge.bench.latency import StopRule, measure_batch, preprocess_cost, speedup
 from leukedge.bench.parity import backend_parity, metrics_of
-from leukedge.bench.report import FILES, REPORT_FORMAT, REPORT_VERSION, finite_or_none, write_report
+from leukedge.bench.report import write_report
+from leukedge.bench.schema import FILES, REPORT_FORMAT, REPORT_VERSION, finite_or_none
 from leukedge.budgets import Budgets, judge
 from leukedge.data.arrays import ImageSet, load_image_set
 from leukedge.machine import describe_machine

@@ -1,6 +1,6 @@
 """The bench's headline table for a terminal (``leukedge bench``, the end of ``make demo``).
 
-The same cells as report.md's first table (:func:`leukedge.bench.report.summary_rows`),
+The same cells as report.md's first table (:func:`leukedge.bench.markdown.summary_rows`),
 so what a person reads on screen and in the file never disagree.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from leukedge.bench.report import grouped_skips
+from leukedge.bench.markdown import grouped_skips
 
 
 def _short(v: Any, fmt: str) -> str:
@@ -23,7 +23,7 @@ def parity_table(report: dict[str, Any]) -> Table:
 
     Accuracy, its change, agreement, max |Δlogit|, p50 latency at the smallest batch,
     speed-up there and pass/fail; the reasons of a failed budget go in the caption.
-    report.md has every column (:func:`leukedge.bench.report.summary_rows`).
+    report.md has every column (:func:`leukedge.bench.markdown.summary_rows`).
     """
     data, ref = report["data"], report["reference"]
     first = min(report["settings"]["batch_sizes"])
