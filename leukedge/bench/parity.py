@@ -32,10 +32,6 @@ HEADLINE_METRICS = (
 )
 
 
-def headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: metrics[k] for k in HEADLINE_METRICS}
-
-
 def metrics_of(logits: np.ndarray, labels: np.ndarray, spec: ModelSpec) -> dict[str, Any]:
     """Every classification figure of ``logits`` (probabilities via softmax)."""
     return classification_metrics(labels, softmax(logits), spec.classes, spec.positive_index)

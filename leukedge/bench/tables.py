@@ -1,7 +1,10 @@
-"""The bench's headline table for a terminal (``leukedge bench``, the end of ``make demo``).
+"""A bench report as rich tables for a terminal (``leukedge bench``, the end of ``make demo``).
 
-The same cells as report.md's first table (:func:`leukedge.bench.markdown.summary_rows`),
-so what a person reads on screen and in the file never disagree.
+:func:`parity_table` shows the figures of report.md's first table
+(:func:`leukedge.bench.markdown.summary_rows`) in fewer columns and shorter
+numbers, so it fits 80 characters: the smallest batch only, the reasons of a
+failed budget in the caption. :func:`skipped_table` lists the backends not
+measured, grouped as in report.md. Both read report.json's content alone.
 """
 
 from __future__ import annotations
