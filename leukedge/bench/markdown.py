@@ -150,7 +150,8 @@ def _metric_rows(report: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _disagreement_rows(report: dict[str, Any], limit: int) -> tuple[list[dict[str, str]], int]:
-    rows, total = [], 0
+    rows: list[dict[str, str]] = []
+    total = 0
     for name, row in report["backends"].items():
         for d in row["disagreements"]:
             total += 1
