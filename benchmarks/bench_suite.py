@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from leukedge.artifacts import export_record_path, is_run_dir, read_export_record  # noqa: E402
 from leukedge.bench import run_bench  # noqa: E402
-from leukedge.bench.report import summary_rows  # noqa: E402
+from leukedge.bench.markdown import summary_rows  # noqa: E402
 from leukedge.io import atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
 from leukedge.machine import describe_machine, machine_slug, markdown_machine  # noqa: E402
 from leukedge.progress import PrintReporter  # noqa: E402

@@ -29,8 +29,9 @@ from leukedge.machine import describe_machine, markdown_machine
 from leukedge.runtime.cells import CellFinder
 from leukedge.runtime.classifier import Classifier
 from leukedge.runtime.detection_eval import load_xyc
-from leukedge.runtime.pipeline import STAGES, run_pipeline
+from leukedge.runtime.pipeline import run_pipeline
 from leukedge.runtime.sources import open_source
+from leukedge.runtime.stats import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 

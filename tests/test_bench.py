@@ -43,9 +43,10 @@ from leukedge.bench.latency import (
     summarize_ms,
     throughput,
 )
+from leukedge.bench.markdown import to_markdown
 from leukedge.bench.parity import backend_parity, metrics_of
 from leukedge.bench.plots import latency_png, parity_png
-from leukedge.bench.report import finite_or_none, to_markdown
+from leukedge.bench.schema import finite_or_none
 from leukedge.budgets import judge
 from leukedge.cli import app
 from leukedge.data.arrays import ImageSet
@@ -247,6 +248,7 @@ def test_backend_names_and_int8_cpu_detection() -> None:
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_run_bench_end_to_end(report: dict[str, Any], exported_run: Path) -> None:
     validate_report(report)
     rows = report["backends"]
@@ -278,6 +280,7 @@ def test_run_bench_end_to_end(report: dict[str, Any], exported_run: Path) -> Non
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_unavailable_backends_are_skipped_with_a_reason(report: dict[str, Any]) -> None:
     skipped = {s["name"]: s for s in report["skipped"]}
     for name in ("trt-fp32", "trt-fp16", "trt-int8"):
@@ -287,6 +290,7 @@ def test_unavailable_backends_are_skipped_with_a_reason(report: dict[str, Any]) 
     assert "## Skipped backends" in md and "trt-fp32, trt-fp16, trt-int8" in md
 
 
+@pytest.mark.slow
 def test_not_exported_precision_is_skipped(exported_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(exported_run, run, ignore=shutil.ignore_patterns("bench"))
@@ -299,6 +303,7 @@ def test_not_exported_precision_is_skipped(exported_run: Path, tmp_path: Path) -
     assert "leukedge export" in skip["reason"]
 
 
+@pytest.mark.slow
 def test_report_markdown_reads_at_a_glance(report: dict[str, Any]) -> None:
     md = to_markdown(report)
     lines = md.splitlines()
@@ -311,6 +316,7 @@ def test_report_markdown_reads_at_a_glance(report: dict[str, Any]) -> None:
     assert "AMD" in md or "CPU:" in md
 
 
+@pytest.mark.slow
 def test_validate_report_finds_schema_problems(report: dict[str, Any]) -> None:
     validate_report(json.loads(json.dumps(report)))
     broken = copy.deepcopy(report)
@@ -334,6 +340,7 @@ def test_validate_report_finds_schema_problems(report: dict[str, Any]) -> None:
         validate_report([])
 
 
+@pytest.mark.slow
 def test_plots_are_valid_pngs(report: dict[str, Any]) -> None:
     out = Path(report["run"]["path"]) / "bench"
     for name in ("latency.png", "parity.png"):
@@ -383,6 +390,7 @@ def noisy_backend() -> Any:
     unregister_backend("noisy-fp16")
 
 
+@pytest.mark.slow
 def test_perturbed_backend_fails_its_budget_and_the_cli_exit_code(
     exported_run: Path, tmp_path: Path, noisy_backend: str
 ) -> None:
@@ -423,6 +431,7 @@ def test_perturbed_backend_fails_its_budget_and_the_cli_exit_code(
     assert loose.exit_code == 0, loose.output
 
 
+@pytest.mark.slow
 def test_cli_errors_are_clear(exported_run: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     r = runner.invoke(app, ["bench", str(exported_run), "--backends", "ort-fp64"])
@@ -435,6 +444,7 @@ def test_cli_errors_are_clear(exported_run: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "spec.json" in r.output
 
 
+@pytest.mark.slow
 def test_without_torch_the_reference_is_ort_fp32(exported_run: Path, tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""

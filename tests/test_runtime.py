@@ -745,6 +745,7 @@ def test_score_frames_matches_boxes_and_classes() -> None:
     }
 
 
+@pytest.mark.slow
 def test_run_on_synthetic_frames_with_the_trained_run(
     trained_run: Path, synth_data: Path, tmp_path: Path
 ) -> None:

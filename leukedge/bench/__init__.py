@@ -1,7 +1,7 @@
 """Parity and latency of every compiled form of a model against the PyTorch original.
 
 ``run_bench(run_dir, ...)`` is what ``leukedge bench`` calls; see
-:mod:`leukedge.bench.report` for the report.json schema. Names are resolved on
+:mod:`leukedge.bench.schema` for the report.json schema. Names are resolved on
 first use, so ``import leukedge.machine`` (which the runtime does) stays light.
 """
 
@@ -15,8 +15,8 @@ _EXPORTS = {
     "register_backend": "leukedge.bench.backends",
     "unregister_backend": "leukedge.bench.backends",
     "Budgets": "leukedge.budgets",
-    "ReportError": "leukedge.bench.report",
-    "validate_report": "leukedge.bench.report",
+    "ReportError": "leukedge.bench.schema",
+    "validate_report": "leukedge.bench.schema",
     "run_bench": "leukedge.bench.run",
 }
 

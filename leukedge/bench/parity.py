@@ -32,10 +32,6 @@ HEADLINE_METRICS = (
 )
 
 
-def headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: metrics[k] for k in HEADLINE_METRICS}
-
-
 def metrics_of(logits: np.ndarray, labels: np.ndarray, spec: ModelSpec) -> dict[str, Any]:
     """Every classification figure of ``logits`` (probabilities via softmax)."""
     return classification_metrics(labels, softmax(logits), spec.classes, spec.positive_index)
@@ -46,8 +42,10 @@ def metric_deltas(candidate: dict[str, Any], reference: dict[str, Any]) -> dict[
     out: dict[str, Any] = {}
     for k in HEADLINE_METRICS:
         a, b = candidate.get(k), reference.get(k)
-        ok = a is not None and b is not None and np.isfinite(a) and np.isfinite(b)
-        out[k] = float(a - b) if ok else None
+        if a is None or b is None or not (np.isfinite(a) and np.isfinite(b)):
+            out[k] = None
+        else:
+            out[k] = float(a - b)
     return out
 
 

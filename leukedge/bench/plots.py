@@ -10,9 +10,8 @@ as PNG bytes for an atomic write.
 
 from __future__ import annotations
 
+import io
 from typing import Any
-
-from leukedge.bench.report import png_bytes
 
 
 def _pyplot() -> Any:
@@ -22,6 +21,13 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def png_bytes(figure: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (written atomically by the caller)."""
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def _plain_ticks(ax: Any) -> None:

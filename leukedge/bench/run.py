@@ -14,6 +14,7 @@ import datetime as _dt
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ from leukedge.bench.backends import (
 )
 from leukedge.bench.latency import StopRule, measure_batch, preprocess_cost, speedup
 from leukedge.bench.parity import backend_parity, metrics_of
-from leukedge.bench.report import FILES, REPORT_FORMAT, REPORT_VERSION, finite_or_none, write_report
+from leukedge.bench.report import write_report
+from leukedge.bench.schema import FILES, REPORT_FORMAT, REPORT_VERSION, finite_or_none
 from leukedge.budgets import Budgets, judge
 from leukedge.data.arrays import ImageSet, load_image_set
 from leukedge.machine import describe_machine
@@ -88,9 +90,20 @@ def run_bench(
         raise BenchError(str(e)) from None
     machine = describe_machine()
     omp_policy = passive_openmp()
+    settings = BenchSettings(
+        backends=names,
+        batch_sizes=sizes,
+        warmup=warmup,
+        stop_rule=rule,
+        budgets=limits,
+        threads=threads,
+        torch_device=torch_device,
+        omp_policy=omp_policy,
+    )
     images, root = load_split(run, spec, split, data, limit, rep)
+    inputs = BenchInputs(run=run, spec=spec, split=split, root=root, images=images, machine=machine)
     ctx = BenchContext(run.path, spec, threads=threads, torch_device=torch_device)
-    state = _State(names=names, images=images, spec=spec)
+    state = _State(images=images, spec=spec)
     if omp_policy != "PASSIVE" and _torch_loaded():
         state.notes.append(
             f"PyTorch was loaded before the bench with OMP_WAIT_POLICY={omp_policy}: its idle "
@@ -111,15 +124,7 @@ def run_bench(
     attach_latency(rows, latency, state.reference, sizes)
     state.notes += _int8_notes(rows)
     pre = preprocess_cost(images.paths, spec)
-    report = assemble(
-        run, spec, split, root, images, state, rows, machine, sizes, warmup, rule, limits, pre
-    )
-    report["settings"].update(
-        threads=threads,
-        torch_device=torch_device,
-        idle_threads={"onnxruntime_spinning": False, "OMP_WAIT_POLICY": omp_policy},
-    )
-    report = finite_or_none(report)
+    report = finite_or_none(assemble(inputs, settings, state, rows, pre))
     out_dir = Path(out) if out is not None else run.bench_dir
     write_report(report, out_dir)
     return report
@@ -144,8 +149,7 @@ def _torch_loaded() -> bool:
 class _State:
     """What the steps learn as they go: the reference, skips and notes."""
 
-    def __init__(self, names: list[str], images: ImageSet, spec: ModelSpec) -> None:
-        self.names = names
+    def __init__(self, images: ImageSet, spec: ModelSpec) -> None:
         self.images = images
         self.spec = spec
         self.reference = ""
@@ -468,21 +472,54 @@ def runtimes() -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class BenchInputs:
+    """What the bench measured on: the run, the images of its split, the machine."""
+
+    run: RunDir
+    spec: ModelSpec
+    split: str
+    root: str
+    images: ImageSet
+    machine: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How the bench measured, as checked: the report's ``settings``."""
+
+    backends: list[str]
+    batch_sizes: list[int]
+    warmup: int
+    stop_rule: StopRule
+    budgets: Budgets
+    threads: int | None
+    torch_device: str
+    omp_policy: str | None  # OMP_WAIT_POLICY in effect for PyTorch's idle threads
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backends": list(self.backends),
+            "batch_sizes": list(self.batch_sizes),
+            "warmup": self.warmup,
+            "stop_rule": self.stop_rule.to_dict(),
+            "parity_batch": PARITY_BATCH,
+            "budgets": self.budgets.to_dict(),
+            "threads": self.threads,
+            "torch_device": self.torch_device,
+            "idle_threads": {"onnxruntime_spinning": False, "OMP_WAIT_POLICY": self.omp_policy},
+        }
+
+
 def assemble(
-    run: RunDir,
-    spec: ModelSpec,
-    split: str,
-    root: str,
-    images: ImageSet,
+    inputs: BenchInputs,
+    settings: BenchSettings,
     state: _State,
     rows: dict[str, dict[str, Any]],
-    machine: dict[str, Any],
-    sizes: list[int],
-    warmup: int,
-    rule: StopRule,
-    limits: Budgets,
     pre: dict[str, Any],
 ) -> dict[str, Any]:
+    """report.json's content from the measured rows (``pre``: per-image preprocessing cost)."""
+    run, spec, images = inputs.run, inputs.spec, inputs.images
     counts = np.bincount(images.labels, minlength=spec.num_classes)
     failed = [n for n, r in rows.items() if r["budget"]["status"] == "fail"]
     ref_row = rows[state.reference]
@@ -499,8 +536,8 @@ def assemble(
             "positive_class": spec.positive_class,
         },
         "data": {
-            "root": root,
-            "split": split,
+            "root": inputs.root,
+            "split": inputs.split,
             "images": len(images),
             "class_counts": {c: int(n) for c, n in zip(spec.classes, counts, strict=True)},
             "unreadable": [{"path": p, "reason": r} for p, r in images.skipped],
@@ -510,20 +547,17 @@ def assemble(
             "device": ref_row["device"],
             "reason": state.reference_reason,
         },
-        "settings": {
-            "backends": list(state.names),
-            "batch_sizes": sizes,
-            "warmup": warmup,
-            "stop_rule": rule.to_dict(),
-            "parity_batch": PARITY_BATCH,
-            "budgets": limits.to_dict(),
-        },
-        "machine": machine,
+        "settings": settings.to_dict(),
+        "machine": inputs.machine,
         "runtimes": runtimes(),
         "backends": {state.reference: ref_row, **rows},
         "skipped": state.skipped,
         "preprocess": pre,
         "notes": list(state.notes),
-        "summary": {"budget_passed": not failed, "failed": failed, "largest_batch": max(sizes)},
+        "summary": {
+            "budget_passed": not failed,
+            "failed": failed,
+            "largest_batch": max(settings.batch_sizes),
+        },
         "files": list(FILES),
     }

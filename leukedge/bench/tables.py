@@ -1,7 +1,10 @@
-"""The bench's headline table for a terminal (``leukedge bench``, the end of ``make demo``).
+"""A bench report as rich tables for a terminal (``leukedge bench``, the end of ``make demo``).
 
-The same cells as report.md's first table (:func:`leukedge.bench.report.summary_rows`),
-so what a person reads on screen and in the file never disagree.
+:func:`parity_table` shows the figures of report.md's first table
+(:func:`leukedge.bench.markdown.summary_rows`) in fewer columns and shorter
+numbers, so it fits 80 characters: the smallest batch only, the reasons of a
+failed budget in the caption. :func:`skipped_table` lists the backends not
+measured, grouped as in report.md. Both read report.json's content alone.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from leukedge.bench.report import grouped_skips
+from leukedge.bench.markdown import grouped_skips
 
 
 def _short(v: Any, fmt: str) -> str:
@@ -23,7 +26,7 @@ def parity_table(report: dict[str, Any]) -> Table:
 
     Accuracy, its change, agreement, max |Δlogit|, p50 latency at the smallest batch,
     speed-up there and pass/fail; the reasons of a failed budget go in the caption.
-    report.md has every column (:func:`leukedge.bench.report.summary_rows`).
+    report.md has every column (:func:`leukedge.bench.markdown.summary_rows`).
     """
     data, ref = report["data"], report["reference"]
     first = min(report["settings"]["batch_sizes"])

@@ -38,7 +38,7 @@ err_console = Console(stderr=True)
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from leukedge.bench.backends import BenchError
-    from leukedge.bench.report import ReportError
+    from leukedge.bench.schema import ReportError
     from leukedge.data.records import DatasetError
     from leukedge.imaging.images import ImageReadError
     from leukedge.rundir import RunDirError

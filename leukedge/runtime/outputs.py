@@ -9,21 +9,29 @@ OUT/
   annotated.mp4   the annotated stream (video files, cameras, streams)
 ```
 A crash or Ctrl-C at any moment leaves every finished frame in cells.jsonl and a
-complete (if older) summary.json: no file is ever half-written.
+complete (if older) summary.json: no file is ever half-written. summary.json's
+content is made here too (:func:`build_summary`), from the run's totals and parts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import json
 import re
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from leukedge.io import atomic_write_json
+from leukedge.runtime.stats import STAGES, Totals, blast_ratio
+
+if TYPE_CHECKING:
+    from leukedge.runtime.classifier import Classifier
 
 CELLS_FILE = "cells.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -31,6 +39,15 @@ ANNOTATED_DIR = "annotated"
 ANNOTATED_VIDEO = "annotated.mp4"
 ANNOTATED_VIDEO_FALLBACK = "annotated.avi"
 DEFAULT_VIDEO_FPS = 15.0
+SUMMARY_VERSION = 1
+COUNT_NOTE = (
+    "counts are per detection: on a video or camera a cell seen in several frames counts in "
+    "each; edge cells (touches_edge) are counted and listed, their class is less certain"
+)
+LATENCY_NOTE = (
+    "capture, find and preprocess are per frame, infer per batch of cells; end_to_end runs "
+    "from starting to read a frame to its results being written, queue waits included"
+)
 
 
 def clear_previous(out_dir: Path) -> None:
@@ -141,7 +158,7 @@ class AnnotatedVideo:
     def _open(self, size: tuple[int, int]) -> None:
         for name, fourcc in ((ANNOTATED_VIDEO, "mp4v"), (ANNOTATED_VIDEO_FALLBACK, "MJPG")):
             path = self.out_dir / name
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), self.fps, size)
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), self.fps, size)
             if writer.isOpened():
                 self._writer, self.path, self.size = writer, path, size
                 return
@@ -181,3 +198,135 @@ class AnnotatedVideo:
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
     return atomic_write_json(out_dir / SUMMARY_FILE, summary)
+
+
+# --------------------------------------------------------------------------- summary.json
+
+
+def utc_now() -> str:
+    """Now, as summary.json writes times (ISO 8601, UTC, whole seconds)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunStatus:
+    """Where a run stands: how it ended (or that it still runs), and when.
+
+    ``status`` is "running" until the run ends, then "completed", "stopped",
+    "interrupted", "source_error" or "error"; ``message`` says why where it is not
+    "completed".
+    """
+
+    status: str = "running"
+    message: str | None = None
+    started: str = field(default_factory=utc_now)
+    finished: str | None = None
+    t_start: float = field(default_factory=time.perf_counter)
+
+    def end(self) -> None:
+        """The run is over: completed unless something else ended it first."""
+        if self.status == "running":
+            self.status = "completed"
+        self.finished = utc_now()
+
+
+def files_written(
+    cells: CellsWriter, annotator: AnnotatedImages | AnnotatedVideo | None
+) -> dict[str, Any]:
+    """summary.json's ``outputs``: the files of the run and how much each holds."""
+    out: dict[str, Any] = {"cells": CELLS_FILE, "cells_lines": cells.lines}
+    if annotator is not None:
+        out.update(annotator.describe())
+    return out
+
+
+def build_summary(
+    run: RunStatus,
+    totals: Totals,
+    classifier: Classifier,
+    source: Any,
+    finder: Any,
+    outputs: dict[str, Any],
+    *,
+    batch: int,
+    max_wait_s: float,
+    model_name: str | None = None,
+) -> dict[str, Any]:
+    """summary.json's content at this moment of a run.
+
+    ``outputs`` is :func:`files_written`; ``batch`` and ``max_wait_s`` are the
+    settings the run batches cells with; ``model_name`` is the model as the user
+    named it (default: the classifier's artifact).
+    """
+    t = totals
+    wall = time.perf_counter() - run.t_start
+    spec = classifier.spec
+    return {
+        "version": SUMMARY_VERSION,
+        "status": run.status,
+        "message": run.message,
+        "started": run.started,
+        "finished": run.finished,
+        "model": {
+            "path": model_name or classifier.selection.artifact or None,
+            "arch": spec.arch,
+            "classes": list(spec.classes),
+            "positive_class": spec.positive_class,
+            "input_size": spec.input_size,
+            "crop_style": spec.crop_style,
+        },
+        "backend": {
+            **classifier.selection.to_dict(),
+            "device": getattr(classifier.backend, "device", None),
+            "precision": getattr(classifier.backend, "precision", None),
+        },
+        "source": _source_info(source),
+        "finder": {
+            "cell_diameter_px": getattr(finder, "cell_diameter_px", None),
+            "um_per_px": getattr(finder, "um_per_px", None),
+        },
+        "settings": {"batch": batch, "max_wait_ms": round(1000 * max_wait_s, 1)},
+        "frames": {"read": t.frames, "processed": t.processed, "skipped": t.skipped},
+        "cells": {
+            "total": t.cells,
+            "by_class": dict(t.by_class),
+            "touching_edge": t.edge_cells,
+            "note": COUNT_NOTE,
+        },
+        "all_count": t.positive_count,
+        "blast_ratio": blast_ratio(t.positive_count, t.cells),
+        "latency_ms": {s: t.stages[s].summary() for s in STAGES},
+        "latency_note": LATENCY_NOTE,
+        "throughput": {
+            "wall_s": round(wall, 3),
+            "frames_per_s": round(t.processed / wall, 3) if wall > 0 else None,
+            "cells_per_s": round(t.cells / wall, 3) if wall > 0 else None,
+            "infer_batches": t.infer_batches,
+            "mean_cells_per_batch": round(t.infer_cells / t.infer_batches, 2)
+            if t.infer_batches
+            else None,
+        },
+        "skipped_frames": list(t.skipped_list),
+        "skipped_frames_not_listed": max(0, t.skipped - len(t.skipped_list)),
+        "outputs": outputs,
+        "machine": _machine(),
+    }
+
+
+_MACHINE: dict[str, Any] | None = None
+
+
+def _machine() -> dict[str, Any]:
+    """The machine description, probed once per process (it runs nvidia-smi)."""
+    global _MACHINE
+    if _MACHINE is None:
+        from leukedge.machine import describe_machine
+
+        _MACHINE = describe_machine()
+    return _MACHINE
+
+
+def _source_info(source: Any) -> dict[str, Any]:
+    info = source.info() if hasattr(source, "info") else {"kind": type(source).__name__}
+    info["end_reason"] = getattr(source, "end_reason", None)
+    return info

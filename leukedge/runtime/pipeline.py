@@ -20,7 +20,6 @@ it cleanly (a second Ctrl-C aborts at once).
 
 from __future__ import annotations
 
-import datetime as _dt
 import queue
 import signal
 import threading
@@ -37,28 +36,20 @@ from leukedge.runtime.outputs import (
     AnnotatedImages,
     AnnotatedVideo,
     CellsWriter,
+    RunStatus,
+    build_summary,
     cell_record,
     clear_previous,
+    files_written,
     write_summary,
 )
-from leukedge.runtime.stats import StageStats, blast_ratio
+from leukedge.runtime.stats import Totals
 
 if TYPE_CHECKING:
     from leukedge.runtime.cells import Cell, CellFinder
     from leukedge.runtime.classifier import Classifier
+    from leukedge.runtime.display import Display
     from leukedge.runtime.sources import Frame, Source
-
-SUMMARY_VERSION = 1
-STAGES = ("capture", "find", "preprocess", "infer", "end_to_end")
-MAX_LISTED_SKIPS = 1000
-COUNT_NOTE = (
-    "counts are per detection: on a video or camera a cell seen in several frames counts in "
-    "each; edge cells (touches_edge) are counted and listed, their class is less certain"
-)
-LATENCY_NOTE = (
-    "capture, find and preprocess are per frame, infer per batch of cells; end_to_end runs "
-    "from starting to read a frame to its results being written, queue waits included"
-)
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -178,49 +169,34 @@ class CaptureThread(threading.Thread):
         )
 
 
-# --------------------------------------------------------------------------- run state
+# --------------------------------------------------------------------------- the pipeline
 
 
-@dataclass
-class Totals:
-    """Everything counted so far; the summary is made from it at any moment."""
+@dataclass(frozen=True)
+class PipelineSettings:
+    """How a run batches, queues, reports and what it writes (see :func:`run_pipeline`).
 
-    classes: list[str]
-    positive: str
-    frames: int = 0
-    processed: int = 0
-    skipped: int = 0
-    cells: int = 0
-    edge_cells: int = 0
-    by_class: dict[str, int] = field(default_factory=dict)
-    skipped_list: list[dict[str, Any]] = field(default_factory=list)
-    infer_batches: int = 0
-    infer_cells: int = 0
-    stages: dict[str, StageStats] = field(default_factory=lambda: {s: StageStats() for s in STAGES})
+    Out-of-range numbers are brought into range here, so a run never sees them.
+    """
+
+    out_dir: Path
+    batch: int
+    max_wait_s: float
+    annotate: bool
+    show: bool
+    summary_every: int
+    summary_interval_s: float
+    queue_size: int
+    model_name: str | None = None
 
     def __post_init__(self) -> None:
-        self.by_class = {c: 0 for c in self.classes}
-
-    def skip(self, work: FrameWork) -> None:
-        self.frames += 1
-        self.skipped += 1
-        if len(self.skipped_list) < MAX_LISTED_SKIPS:
-            self.skipped_list.append({"frame": work.index, "name": work.name, "reason": work.error})
-
-    def count(self, labels: list[str], edges: list[bool]) -> None:
-        self.frames += 1
-        self.processed += 1
-        self.cells += len(labels)
-        self.edge_cells += sum(edges)
-        for label in labels:
-            self.by_class[label] = self.by_class.get(label, 0) + 1
-
-    @property
-    def positive_count(self) -> int:
-        return self.by_class.get(self.positive, 0)
-
-
-# --------------------------------------------------------------------------- the pipeline
+        for name, least in (
+            ("batch", 1),
+            ("max_wait_s", 0.0),
+            ("summary_every", 1),
+            ("queue_size", 1),
+        ):
+            object.__setattr__(self, name, max(least, getattr(self, name)))
 
 
 class Pipeline:
@@ -230,82 +206,70 @@ class Pipeline:
         self,
         classifier: Classifier,
         source: Source | Iterable[Frame],
-        out_dir: Path,
         finder: CellFinder,
-        batch: int,
-        max_wait_s: float,
-        annotate: bool,
-        show: bool,
-        summary_every: int,
-        summary_interval_s: float,
-        queue_size: int,
-        progress: Progress | None,
-        model_name: str | None,
+        settings: PipelineSettings,
+        progress: Progress | None = None,
     ) -> None:
         self.clf = classifier
         self.source = source
-        self.out_dir = out_dir
         self.finder = finder
-        self.batch = max(1, batch)
-        self.max_wait_s = max(0.0, max_wait_s)
-        self.summary_every = max(1, summary_every)
-        self.summary_interval_s = summary_interval_s
+        self.settings = settings
         self.progress = progress
-        self.model_name = model_name
         spec = classifier.spec
         self.totals = Totals(list(spec.classes), spec.positive_class)
-        self.queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
-        self.display = None
-        if show:
+        self.queue: queue.Queue = queue.Queue(maxsize=settings.queue_size)
+        self.display: Display | None = None
+        if settings.show:
             from leukedge.runtime.display import Display
 
             self.display = Display()
-        self.annotator = self._annotator() if annotate else None
-        self.cells_out = CellsWriter(out_dir / CELLS_FILE)
+        self.annotator = self._annotator() if settings.annotate else None
+        self.cells_out = CellsWriter(settings.out_dir / CELLS_FILE)
         self.capture = CaptureThread(
-            source, finder, classifier, self.queue, keep_images=annotate or show
+            source, finder, classifier, self.queue, keep_images=settings.annotate or settings.show
         )
-        self.started = _now()
-        self.t_start = time.perf_counter()
-        self.last_summary = self.t_start
-        self.status, self.message = "running", None
+        self.state = RunStatus()
+        self.last_summary = self.state.t_start
 
     def _annotator(self) -> AnnotatedImages | AnnotatedVideo:
+        out_dir = self.settings.out_dir
         if getattr(self.source, "kind", "images") == "images":
-            return AnnotatedImages(self.out_dir)
-        return AnnotatedVideo(self.out_dir, getattr(self.source, "fps", None))
+            return AnnotatedImages(out_dir)
+        return AnnotatedVideo(out_dir, getattr(self.source, "fps", None))
 
     # ---------------------------------------------------------------- main loop
 
     def run(self) -> dict[str, Any]:
         error: BaseException | None = None
-        write_summary(self.out_dir, self.summary())  # there from the start, for monitors
+        state = self.state
+        self._write_summary()  # there from the start, for monitors
         with _graceful_sigint(self.capture.stop) as interrupted:
             self.capture.start()
             try:
                 self._loop()
                 if interrupted.is_set():
-                    self.status, self.message = "interrupted", "stopped by Ctrl-C"
+                    state.status, state.message = "interrupted", "stopped by Ctrl-C"
             except KeyboardInterrupt:
-                self.status, self.message = "interrupted", "stopped by Ctrl-C"
+                state.status, state.message = "interrupted", "stopped by Ctrl-C"
             except BaseException as e:  # outputs are closed and kept, then the error goes on
-                self.status, self.message = "error", f"{type(e).__name__}: {e}"
+                state.status, state.message = "error", f"{type(e).__name__}: {e}"
                 error = e
             finally:
                 self._shutdown()
         if error is not None:
             raise error
-        return self.summary()
+        return self._summary()
 
     def _loop(self) -> None:
+        state = self.state
         while True:
             group, end = self._gather()
             self._classify(group)
             if end is not None:
-                self.status, self.message = end.status, end.message
+                state.status, state.message = end.status, end.message
                 return
             if self.capture.stop.is_set():
-                self.status = self.status if self.status != "running" else "stopped"
+                state.status = state.status if state.status != "running" else "stopped"
                 return
 
     def _gather(self) -> tuple[list[FrameWork], End | None]:
@@ -316,8 +280,9 @@ class Pipeline:
         if isinstance(first, End):
             return [], first
         group, cells = [first], len(first.cells)
-        deadline = time.perf_counter() + self.max_wait_s
-        while cells < self.batch and len(group) < self.batch:
+        batch = self.settings.batch
+        deadline = time.perf_counter() + self.settings.max_wait_s
+        while cells < batch and len(group) < batch:
             item = self._get(max(0.0, deadline - time.perf_counter()))
             if item is None:
                 break
@@ -366,7 +331,7 @@ class Pipeline:
     def _finish(self, work: FrameWork, probs: np.ndarray) -> None:
         t = self.totals
         if work.error is not None:
-            t.skip(work)
+            t.skip(work.index, work.name, work.error)
         else:
             self._write_frame(work, probs)
             for stage, s in (
@@ -389,25 +354,28 @@ class Pipeline:
         labels = [r["class"] for r in records]
         self.totals.count(labels, [r["touches_edge"] for r in records])
         if work.image is not None and (self.annotator is not None or self.display is not None):
-            self._draw(work, labels, [r["probs"][r["class"]] for r in records])
+            probs_of_class = [r["probs"][r["class"]] for r in records]
+            self._draw(work.name, work.image, work.cells, labels, probs_of_class)
 
-    def _draw(self, work: FrameWork, labels: list[str], probs: list[float]) -> None:
+    def _draw(
+        self, name: str, image: np.ndarray, cells: list[Cell], labels: list[str], probs: list[float]
+    ) -> None:
         from leukedge.runtime.annotate import count_lines, draw_cells, draw_count
 
         t = self.totals
-        img = draw_cells(work.image, work.cells, labels, probs, positive=t.positive)
+        img = draw_cells(image, cells, labels, probs, positive=t.positive)
         draw_count(img, count_lines(t.cells, t.positive_count, t.positive.upper(), self._fps()))
         if self.annotator is not None:
-            self.annotator.write(work.name, img)
+            self.annotator.write(name, img)
         if self.display is not None and not self.display.show(img):
-            self.status, self.message = "stopped", "window closed"
+            self.state.status, self.state.message = "stopped", "window closed"
             self.capture.stop.set()
 
     def _after_frame(self) -> None:
         now = time.perf_counter()
-        due = now - self.last_summary >= self.summary_interval_s
-        if self.totals.frames % self.summary_every == 0 or due:
-            write_summary(self.out_dir, self.summary())
+        due = now - self.last_summary >= self.settings.summary_interval_s
+        if self.totals.frames % self.settings.summary_every == 0 or due:
+            self._write_summary()
             self.last_summary = now
         if self.progress is not None:
             self.progress(self.snapshot())
@@ -426,21 +394,20 @@ class Pipeline:
             try:
                 close()
             except Exception as e:  # a camera that fails to release must not lose the summary
-                self.message = (self.message or "") + f" (closing the source failed: {e})"
+                failed = f" (closing the source failed: {e})"
+                self.state.message = (self.state.message or "") + failed
         self.cells_out.close()
         if self.annotator is not None:
             self.annotator.close()
         if self.display is not None:
             self.display.close()
-        if self.status == "running":
-            self.status = "completed"
-        self.finished = _now()
-        write_summary(self.out_dir, self.summary())
+        self.state.end()
+        self._write_summary()
 
     # ---------------------------------------------------------------- reporting
 
     def _fps(self) -> float | None:
-        elapsed = time.perf_counter() - self.t_start
+        elapsed = time.perf_counter() - self.state.t_start
         return self.totals.processed / elapsed if elapsed > 0 and self.totals.processed else None
 
     def snapshot(self) -> dict[str, Any]:
@@ -457,90 +424,25 @@ class Pipeline:
             "total": getattr(self.source, "total", None),
         }
 
-    def summary(self) -> dict[str, Any]:
-        t = self.totals
-        wall = time.perf_counter() - self.t_start
-        spec = self.clf.spec
-        source_info = _source_info(self.source)
-        outputs: dict[str, Any] = {"cells": CELLS_FILE, "cells_lines": self.cells_out.lines}
-        if self.annotator is not None:
-            outputs.update(self.annotator.describe())
-        return {
-            "version": SUMMARY_VERSION,
-            "status": self.status,
-            "message": self.message,
-            "started": self.started,
-            "finished": getattr(self, "finished", None),
-            "model": {
-                "path": self.model_name or self.clf.selection.artifact or None,
-                "arch": spec.arch,
-                "classes": list(spec.classes),
-                "positive_class": spec.positive_class,
-                "input_size": spec.input_size,
-                "crop_style": spec.crop_style,
-            },
-            "backend": {
-                **self.clf.selection.to_dict(),
-                "device": getattr(self.clf.backend, "device", None),
-                "precision": getattr(self.clf.backend, "precision", None),
-            },
-            "source": source_info,
-            "finder": {
-                "cell_diameter_px": getattr(self.finder, "cell_diameter_px", None),
-                "um_per_px": getattr(self.finder, "um_per_px", None),
-            },
-            "settings": {"batch": self.batch, "max_wait_ms": round(1000 * self.max_wait_s, 1)},
-            "frames": {"read": t.frames, "processed": t.processed, "skipped": t.skipped},
-            "cells": {
-                "total": t.cells,
-                "by_class": dict(t.by_class),
-                "touching_edge": t.edge_cells,
-                "note": COUNT_NOTE,
-            },
-            "all_count": t.positive_count,
-            "blast_ratio": blast_ratio(t.positive_count, t.cells),
-            "latency_ms": {s: t.stages[s].summary() for s in STAGES},
-            "latency_note": LATENCY_NOTE,
-            "throughput": {
-                "wall_s": round(wall, 3),
-                "frames_per_s": round(t.processed / wall, 3) if wall > 0 else None,
-                "cells_per_s": round(t.cells / wall, 3) if wall > 0 else None,
-                "infer_batches": t.infer_batches,
-                "mean_cells_per_batch": round(t.infer_cells / t.infer_batches, 2)
-                if t.infer_batches
-                else None,
-            },
-            "skipped_frames": list(t.skipped_list),
-            "skipped_frames_not_listed": max(0, t.skipped - len(t.skipped_list)),
-            "outputs": outputs,
-            "machine": _machine(),
-        }
+    def _summary(self) -> dict[str, Any]:
+        """summary.json's content now (:func:`leukedge.runtime.outputs.build_summary`)."""
+        return build_summary(
+            self.state,
+            self.totals,
+            self.clf,
+            self.source,
+            self.finder,
+            files_written(self.cells_out, self.annotator),
+            batch=self.settings.batch,
+            max_wait_s=self.settings.max_wait_s,
+            model_name=self.settings.model_name,
+        )
+
+    def _write_summary(self) -> None:
+        write_summary(self.settings.out_dir, self._summary())
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-_MACHINE: dict[str, Any] | None = None
-
-
-def _machine() -> dict[str, Any]:
-    """The machine description, probed once per process (it runs nvidia-smi)."""
-    global _MACHINE
-    if _MACHINE is None:
-        from leukedge.machine import describe_machine
-
-        _MACHINE = describe_machine()
-    return _MACHINE
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _source_info(source: Any) -> dict[str, Any]:
-    info = source.info() if hasattr(source, "info") else {"kind": type(source).__name__}
-    info["end_reason"] = getattr(source, "end_reason", None)
-    return info
 
 
 class _graceful_sigint:  # noqa: N801 (used as a context manager, reads like a function)
@@ -607,23 +509,18 @@ def run_pipeline(
         from leukedge.runtime.sources import open_source
 
         source = open_source(str(source), max_frames=max_frames)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    clear_previous(out)
-    finder = finder or CellFinder.from_spec(classifier.spec)
-    pipeline = Pipeline(
-        classifier,
-        source,
-        out,
-        finder,
-        batch,
-        max_wait_s,
-        annotate,
-        show,
-        summary_every,
-        summary_interval_s,
-        queue_size,
-        progress,
-        model_name,
+    settings = PipelineSettings(
+        out_dir=Path(out_dir),
+        batch=batch,
+        max_wait_s=max_wait_s,
+        annotate=annotate,
+        show=show,
+        summary_every=summary_every,
+        summary_interval_s=summary_interval_s,
+        queue_size=queue_size,
+        model_name=model_name,
     )
-    return pipeline.run()
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    clear_previous(settings.out_dir)
+    finder = finder or CellFinder.from_spec(classifier.spec)
+    return Pipeline(classifier, source, finder, settings, progress).run()

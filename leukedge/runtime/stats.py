@@ -1,4 +1,4 @@
-"""Running statistics of a pipeline run: stage latencies and the blast ratio.
+"""Running statistics of a pipeline run: counts, stage latencies and the blast ratio.
 
 Latencies are kept in a fixed-size reservoir sample per stage, so a camera left
 running for days uses the same memory as a ten-frame test while the percentiles
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,8 @@ from leukedge.metrics import wilson_interval
 
 PERCENTILES = (50, 90, 99)
 RESERVOIR = 20_000
+STAGES = ("capture", "find", "preprocess", "infer", "end_to_end")
+MAX_LISTED_SKIPS = 1000
 
 
 def percentiles(
@@ -88,3 +91,42 @@ class StageStats:
             out[f"{k}_ms"] = None if v is None else round(1000.0 * v, 3)
         out["max_ms"] = round(1000.0 * self.max, 3)
         return out
+
+
+@dataclass
+class Totals:
+    """Everything counted so far; the summary is made from it at any moment."""
+
+    classes: list[str]
+    positive: str
+    frames: int = 0
+    processed: int = 0
+    skipped: int = 0
+    cells: int = 0
+    edge_cells: int = 0
+    by_class: dict[str, int] = field(default_factory=dict)
+    skipped_list: list[dict[str, Any]] = field(default_factory=list)
+    infer_batches: int = 0
+    infer_cells: int = 0
+    stages: dict[str, StageStats] = field(default_factory=lambda: {s: StageStats() for s in STAGES})
+
+    def __post_init__(self) -> None:
+        self.by_class = {c: 0 for c in self.classes}
+
+    def skip(self, frame: int, name: str, reason: str | None) -> None:
+        self.frames += 1
+        self.skipped += 1
+        if len(self.skipped_list) < MAX_LISTED_SKIPS:
+            self.skipped_list.append({"frame": frame, "name": name, "reason": reason})
+
+    def count(self, labels: list[str], edges: list[bool]) -> None:
+        self.frames += 1
+        self.processed += 1
+        self.cells += len(labels)
+        self.edge_cells += sum(edges)
+        for label in labels:
+            self.by_class[label] = self.by_class.get(label, 0) + 1
+
+    @property
+    def positive_count(self) -> int:
+        return self.by_class.get(self.positive, 0)
