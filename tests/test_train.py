@@ -18,7 +18,7 @@ from leukedge.progress import Reporter
 from leukedge.rundir import RunDir
 from leukedge.train.config import TrainConfig
 from leukedge.train.loop import RunExistsError, train
-from leukedge.train.models import build_model, load_pretrained_file
+from leukedge.train.models import build_model, default_spec, load_pretrained_file
 
 
 def test_trained_run_is_complete_and_learned(trained_run: Path) -> None:
@@ -129,6 +129,27 @@ def test_timm_models_take_one_training_step(arch: str) -> None:
     loss.backward()
     opt.step()
     assert torch.isfinite(loss)
+
+
+def test_timm_specs_take_the_pretrained_normalisation_and_filter() -> None:
+    import timm
+    from timm.data import resolve_model_data_config
+
+    from leukedge.spec import IMAGENET_MEAN, IMAGENET_STD
+
+    def spec_of(arch: str):
+        return default_spec(arch, ["hem", "all"], "all", 64, "context", 0.5)
+
+    vit = spec_of("vit-hybrid")
+    assert vit.mean == (0.5, 0.5, 0.5) and vit.std == (0.5, 0.5, 0.5)
+    assert vit.interpolation == timm.get_pretrained_cfg("vit_small_r26_s32_224").interpolation
+    assert vit.interpolation == "bicubic"
+    resnet = spec_of("resnet50")
+    timm_cfg = resolve_model_data_config(timm.create_model("resnet50", pretrained=False))
+    assert resnet.mean == tuple(timm_cfg["mean"]) and resnet.std == tuple(timm_cfg["std"])
+    assert resnet.interpolation == timm_cfg["interpolation"]
+    cnn = spec_of("cnn")
+    assert (cnn.mean, cnn.std, cnn.interpolation) == (IMAGENET_MEAN, IMAGENET_STD, "area")
 
 
 def test_ddp_two_gloo_processes(tmp_path: Path, synth_data: Path) -> None:
