@@ -89,6 +89,47 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     assert len(hist) == 1 + 3
 
 
+def test_curves_are_drawn_once_per_run_even_when_it_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import leukedge.train.loop as loop
+    from leukedge.data.synth import synthesize
+
+    synth_data = tmp_path / "data"  # a small set: this counts drawings, not learning
+    synthesize(synth_data, n=72, frames=0, seed=1, cell_size=32, n_subjects=6)
+
+    drawn: list[int] = []  # epochs in each drawing
+    real_plot = loop.plot_curves
+
+    def counting_plot(history: list[dict], path: Path) -> Path:
+        drawn.append(len(history))
+        return real_plot(history, path)
+
+    monkeypatch.setattr(loop, "plot_curves", counting_plot)
+
+    # Early stop: no epoch after the first is better, patience 1 -> stops after epoch 2 of 3.
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_is_better", lambda row, best: best is None)
+        cfg = _cfg(synth_data, tmp_path / "early", 3)
+        cfg.patience = 1
+        assert train(cfg)["epochs_run"] == 2
+    assert drawn == [2]
+
+    class CtrlCInEpoch2(Reporter):
+        def task(self, description: str, total: int | None) -> None:
+            if description.startswith("epoch 2/"):
+                raise KeyboardInterrupt
+
+    drawn.clear()
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(synth_data, tmp_path / "stopped", 2), reporter=CtrlCInEpoch2())
+    assert drawn == [1] and (tmp_path / "stopped" / "curves.png").stat().st_size > 0
+
+    drawn.clear()
+    train(_cfg(synth_data, tmp_path / "stopped", 2), resume=True)
+    assert drawn == [2]
+
+
 def test_existing_run_is_not_overwritten(trained_run: Path, synth_data: Path) -> None:
     before = (trained_run / "checkpoint.pt").read_bytes()
     with pytest.raises(RunExistsError, match="--resume"):

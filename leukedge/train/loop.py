@@ -462,7 +462,6 @@ def _validate_and_checkpoint_main(
         },
     )
     _write_history(run.history_path, progress.history)
-    plot_curves(progress.history, run.path / "curves.png")
     s.reporter.log(
         f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  "
         f"val acc {row['val_accuracy']:.3f}  F1w {row['val_f1_weighted']:.3f}  "
@@ -475,15 +474,29 @@ def _validate_and_checkpoint_main(
     return False
 
 
+def draw_curves(s: TrainSetup, progress: Progress) -> None:
+    """curves.png of the epochs done so far (main process, once at least one is done)."""
+    if s.dist.is_main and progress.history:
+        plot_curves(progress.history, s.run.path / "curves.png")
+
+
 def train(
     cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None
 ) -> dict[str, Any]:
-    """Train, validate every epoch, keep the best, evaluate it on test; returns metrics.json."""
+    """Train, validate every epoch, keep the best, evaluate it on test; returns metrics.json.
+
+    curves.png is drawn once, when training ends, stops early or is interrupted.
+    """
     s, progress = setup_training(cfg, resume, reporter)
-    for epoch in range(progress.start_epoch, s.cfg.epochs + 1):
-        stats = train_one_epoch(s, epoch, progress.skipped)
-        if validate_and_checkpoint(s, progress, epoch, stats):
-            break
+    try:
+        for epoch in range(progress.start_epoch, s.cfg.epochs + 1):
+            stats = train_one_epoch(s, epoch, progress.skipped)
+            if validate_and_checkpoint(s, progress, epoch, stats):
+                break
+    except BaseException:
+        _draw_curves_quietly(s, progress)
+        raise
+    draw_curves(s, progress)
 
     result: dict[str, Any] = {}
     if s.dist.is_main:
@@ -504,6 +517,14 @@ def train(
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return result
+
+
+def _draw_curves_quietly(s: TrainSetup, progress: Progress) -> None:
+    """Curves of an interrupted run; a plotting error must not hide why the run stopped."""
+    try:
+        draw_curves(s, progress)
+    except Exception as e:
+        s.reporter.log(f"note: could not draw curves.png ({type(e).__name__}: {e})", "note")
 
 
 def finish_run(
