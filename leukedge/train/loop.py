@@ -106,7 +106,8 @@ def class_weights(dataset: Dataset, records: list, enabled: bool) -> torch.Tenso
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
@@ -289,7 +290,7 @@ def setup_training(
         )
     weights = class_weights(dataset, train_records, cfg.class_weights).to(device)
     train_set = CellDataset(train_records, spec, train=True, seed=cfg.seed)
-    sampler = (
+    sampler: DistributedSampler | None = (
         DistributedSampler(
             train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed
         )
