@@ -21,6 +21,7 @@ from leukedge.train.loop import RunExistsError, train
 from leukedge.train.models import build_model, default_spec, load_pretrained_file
 
 
+@pytest.mark.slow
 def test_trained_run_is_complete_and_learned(trained_run: Path) -> None:
     for name in (
         "spec.json",
@@ -42,6 +43,7 @@ def test_trained_run_is_complete_and_learned(trained_run: Path) -> None:
     assert metrics["test"]["per_subject"]
 
 
+@pytest.mark.slow
 def test_checkpoints_load_with_weights_only(trained_run: Path) -> None:
     state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -66,6 +68,7 @@ def _cfg(data: Path, out: Path, epochs: int) -> TrainConfig:
     )
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     tmp_path: Path, synth_data: Path
 ) -> None:
@@ -89,6 +92,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     assert len(hist) == 1 + 3
 
 
+@pytest.mark.slow
 def test_curves_are_drawn_once_per_run_even_when_it_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -130,6 +134,7 @@ def test_curves_are_drawn_once_per_run_even_when_it_stops(
     assert drawn == [2]
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(trained_run: Path, synth_data: Path) -> None:
     before = (trained_run / "checkpoint.pt").read_bytes()
     with pytest.raises(RunExistsError, match="--resume"):
@@ -137,6 +142,7 @@ def test_existing_run_is_not_overwritten(trained_run: Path, synth_data: Path) ->
     assert (trained_run / "checkpoint.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_and_listed(tmp_path: Path, synth_data: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(synth_data / "cells", data)
@@ -161,6 +167,7 @@ def test_pretrained_local_file_loads_and_wrong_arch_is_refused(tmp_path: Path) -
         load_pretrained_file(build_model("resnet50", 2, 32), tmp_path / "w.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet50", "vit-hybrid"])
 def test_timm_models_take_one_training_step(arch: str) -> None:
     model = build_model(arch, 2, 64)
@@ -193,6 +200,7 @@ def test_timm_specs_take_the_pretrained_normalisation_and_filter() -> None:
     assert (cnn.mean, cnn.std, cnn.interpolation) == (IMAGENET_MEAN, IMAGENET_STD, "area")
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path: Path, synth_data: Path) -> None:
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -260,6 +268,7 @@ def _has_command(name: str) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_cli_evaluate_and_bad_data_message(trained_run: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
