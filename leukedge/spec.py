@@ -22,6 +22,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 RESIZE_RULES = ("stretch", "letterbox", "center_crop")
+# "area": area averaging when shrinking, bilinear when enlarging (what OpenCV advises);
+# "bilinear"/"bicubic": that filter both ways, as timm's pretrained configs name them.
+INTERPOLATIONS = ("area", "bilinear", "bicubic")
 CROP_STYLES = ("masked", "context")
 CHANNEL_ORDERS = ("RGB", "BGR")
 
@@ -35,7 +38,8 @@ class ModelSpec:
     """What a classifier expects and what it answers.
 
     ``mean``/``std`` are per channel in the order of ``channel_order`` and apply to
-    pixels scaled to [0, 1]. ``crop_style`` says how the training images showed a
+    pixels scaled to [0, 1]. ``interpolation`` is the filter of the resize to the
+    input size (pretrained timm backbones name theirs). ``crop_style`` says how the training images showed a
     cell (``masked``: the cell on black as in C-NMC; ``context``: a square crop with
     its surroundings as in ALL-IDB2) and ``cell_fraction`` how large the cell was
     relative to the crop side, so the runtime crops cells from camera frames the
@@ -50,6 +54,7 @@ class ModelSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     channel_order: str = "RGB"
     resize: str = "stretch"
+    interpolation: str = "area"
     crop_style: str = "masked"
     cell_fraction: float = 0.6
     backbone: str | None = None
@@ -78,6 +83,10 @@ class ModelSpec:
             raise SpecError(f"channel_order must be one of {CHANNEL_ORDERS}")
         if self.resize not in RESIZE_RULES:
             raise SpecError(f"resize must be one of {RESIZE_RULES}, got {self.resize!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise SpecError(
+                f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
+            )
         if self.crop_style not in CROP_STYLES:
             raise SpecError(f"crop_style must be one of {CROP_STYLES}, got {self.crop_style!r}")
         if not 0.05 <= self.cell_fraction <= 1.0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -31,6 +32,7 @@ def test_spec_json_round_trip_and_validation(tmp_path) -> None:
         {"resize": "squash"},
         {"crop_style": "whole"},
         {"channel_order": "GBR"},
+        {"interpolation": "lanczos"},
         {"std": (0, 1, 1)},
         {"version": 99},
     ):
@@ -38,6 +40,31 @@ def test_spec_json_round_trip_and_validation(tmp_path) -> None:
             ModelSpec(arch="cnn", **bad)
     with pytest.raises(SpecError):
         ModelSpec.from_json("not json")
+
+
+def test_spec_interpolation_round_trips_and_older_specs_default_to_area() -> None:
+    spec = ModelSpec(arch="vit-hybrid", mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    assert ModelSpec.from_json(spec.to_json()).interpolation == "bicubic"
+    older = spec.to_dict()
+    del older["interpolation"]  # spec.json written before the field existed
+    loaded = ModelSpec.from_dict(older)
+    assert loaded.interpolation == "area" and "unknown_fields" not in loaded.extra
+    assert loaded.mean == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("size", [24, 96])
+def test_resize_filter_follows_the_spec(size: int) -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    shrinking = size < 48
+    area = resize_to_input(img, ModelSpec(arch="cnn", input_size=size))
+    default = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    assert np.array_equal(area, cv2.resize(img, (size, size), interpolation=default))
+    for name, flag in (("bilinear", cv2.INTER_LINEAR), ("bicubic", cv2.INTER_CUBIC)):
+        spec = ModelSpec(arch="cnn", input_size=size, interpolation=name)
+        out = resize_to_input(img, spec)
+        assert np.array_equal(out, cv2.resize(img, (size, size), interpolation=flag)), name
 
 
 def test_normalisation_values_and_channel_order() -> None:

@@ -18,9 +18,10 @@ from leukedge.progress import Reporter
 from leukedge.rundir import RunDir
 from leukedge.train.config import TrainConfig
 from leukedge.train.loop import RunExistsError, train
-from leukedge.train.models import build_model, load_pretrained_file
+from leukedge.train.models import build_model, default_spec, load_pretrained_file
 
 
+@pytest.mark.slow
 def test_trained_run_is_complete_and_learned(trained_run: Path) -> None:
     for name in (
         "spec.json",
@@ -42,6 +43,7 @@ def test_trained_run_is_complete_and_learned(trained_run: Path) -> None:
     assert metrics["test"]["per_subject"]
 
 
+@pytest.mark.slow
 def test_checkpoints_load_with_weights_only(trained_run: Path) -> None:
     state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -66,6 +68,7 @@ def _cfg(data: Path, out: Path, epochs: int) -> TrainConfig:
     )
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     tmp_path: Path, synth_data: Path
 ) -> None:
@@ -89,6 +92,49 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     assert len(hist) == 1 + 3
 
 
+@pytest.mark.slow
+def test_curves_are_drawn_once_per_run_even_when_it_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import leukedge.train.loop as loop
+    from leukedge.data.synth import synthesize
+
+    synth_data = tmp_path / "data"  # a small set: this counts drawings, not learning
+    synthesize(synth_data, n=72, frames=0, seed=1, cell_size=32, n_subjects=6)
+
+    drawn: list[int] = []  # epochs in each drawing
+    real_plot = loop.plot_curves
+
+    def counting_plot(history: list[dict], path: Path) -> Path:
+        drawn.append(len(history))
+        return real_plot(history, path)
+
+    monkeypatch.setattr(loop, "plot_curves", counting_plot)
+
+    # Early stop: no epoch after the first is better, patience 1 -> stops after epoch 2 of 3.
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_is_better", lambda row, best: best is None)
+        cfg = _cfg(synth_data, tmp_path / "early", 3)
+        cfg.patience = 1
+        assert train(cfg)["epochs_run"] == 2
+    assert drawn == [2]
+
+    class CtrlCInEpoch2(Reporter):
+        def task(self, description: str, total: int | None) -> None:
+            if description.startswith("epoch 2/"):
+                raise KeyboardInterrupt
+
+    drawn.clear()
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(synth_data, tmp_path / "stopped", 2), reporter=CtrlCInEpoch2())
+    assert drawn == [1] and (tmp_path / "stopped" / "curves.png").stat().st_size > 0
+
+    drawn.clear()
+    train(_cfg(synth_data, tmp_path / "stopped", 2), resume=True)
+    assert drawn == [2]
+
+
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(trained_run: Path, synth_data: Path) -> None:
     before = (trained_run / "checkpoint.pt").read_bytes()
     with pytest.raises(RunExistsError, match="--resume"):
@@ -96,6 +142,7 @@ def test_existing_run_is_not_overwritten(trained_run: Path, synth_data: Path) ->
     assert (trained_run / "checkpoint.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_and_listed(tmp_path: Path, synth_data: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(synth_data / "cells", data)
@@ -120,6 +167,7 @@ def test_pretrained_local_file_loads_and_wrong_arch_is_refused(tmp_path: Path) -
         load_pretrained_file(build_model("resnet50", 2, 32), tmp_path / "w.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet50", "vit-hybrid"])
 def test_timm_models_take_one_training_step(arch: str) -> None:
     model = build_model(arch, 2, 64)
@@ -131,6 +179,28 @@ def test_timm_models_take_one_training_step(arch: str) -> None:
     assert torch.isfinite(loss)
 
 
+def test_timm_specs_take_the_pretrained_normalisation_and_filter() -> None:
+    import timm
+    from timm.data import resolve_model_data_config
+
+    from leukedge.spec import IMAGENET_MEAN, IMAGENET_STD
+
+    def spec_of(arch: str):
+        return default_spec(arch, ["hem", "all"], "all", 64, "context", 0.5)
+
+    vit = spec_of("vit-hybrid")
+    assert vit.mean == (0.5, 0.5, 0.5) and vit.std == (0.5, 0.5, 0.5)
+    assert vit.interpolation == timm.get_pretrained_cfg("vit_small_r26_s32_224").interpolation
+    assert vit.interpolation == "bicubic"
+    resnet = spec_of("resnet50")
+    timm_cfg = resolve_model_data_config(timm.create_model("resnet50", pretrained=False))
+    assert resnet.mean == tuple(timm_cfg["mean"]) and resnet.std == tuple(timm_cfg["std"])
+    assert resnet.interpolation == timm_cfg["interpolation"]
+    cnn = spec_of("cnn")
+    assert (cnn.mean, cnn.std, cnn.interpolation) == (IMAGENET_MEAN, IMAGENET_STD, "area")
+
+
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path: Path, synth_data: Path) -> None:
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -198,6 +268,7 @@ def _has_command(name: str) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_cli_evaluate_and_bad_data_message(trained_run: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -15,15 +15,26 @@ import numpy as np
 from leukedge.imaging.images import to_bgr_uint8
 from leukedge.spec import ModelSpec
 
+_CV2_FILTERS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 
-def _interpolation(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
-    """Area averaging when shrinking (no aliasing), bilinear when enlarging."""
+
+def _interpolation(spec: ModelSpec, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
+    """The OpenCV filter for ``spec.interpolation``.
+
+    ``area`` averages when shrinking (no aliasing) and is bilinear when enlarging;
+    ``bilinear`` and ``bicubic`` are OpenCV's filters both ways, which sample at the
+    source scale (no antialiasing when shrinking, unlike PIL).
+    """
+    if spec.interpolation != "area":
+        return _CV2_FILTERS[spec.interpolation]
     shrinking = dst_hw[0] * dst_hw[1] < src_hw[0] * src_hw[1]
     return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
 
 
 def resize_to_input(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Resize an 8-bit BGR image to ``spec.input_size`` square by ``spec.resize``.
+
+    The filter is ``spec.interpolation``.
 
     - ``stretch``: scale each axis to the input size (aspect ratio not kept);
     - ``letterbox``: keep aspect ratio, pad with black (the masked-cell background);
@@ -32,11 +43,11 @@ def resize_to_input(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
     s = spec.input_size
     h, w = image.shape[:2]
     if spec.resize == "stretch":
-        return cv2.resize(image, (s, s), interpolation=_interpolation((h, w), (s, s)))
+        return cv2.resize(image, (s, s), interpolation=_interpolation(spec, (h, w), (s, s)))
     if spec.resize == "letterbox":
         scale = s / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        small = cv2.resize(image, (nw, nh), interpolation=_interpolation((h, w), (nh, nw)))
+        small = cv2.resize(image, (nw, nh), interpolation=_interpolation(spec, (h, w), (nh, nw)))
         out = np.zeros((s, s, 3), dtype=np.uint8)
         y0, x0 = (s - nh) // 2, (s - nw) // 2
         out[y0 : y0 + nh, x0 : x0 + nw] = small
@@ -44,7 +55,7 @@ def resize_to_input(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
     # center_crop
     scale = s / min(h, w)
     nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
-    big = cv2.resize(image, (nw, nh), interpolation=_interpolation((h, w), (nh, nw)))
+    big = cv2.resize(image, (nw, nh), interpolation=_interpolation(spec, (h, w), (nh, nw)))
     y0, x0 = (nh - s) // 2, (nw - s) // 2
     return np.ascontiguousarray(big[y0 : y0 + s, x0 : x0 + s])
 

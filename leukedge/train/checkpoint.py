@@ -34,4 +34,5 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain model inside DistributedDataParallel (state_dict keys without ``module.``)."""
-    return model.module if hasattr(model, "module") else model
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) else model

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from leukedge.data.layouts import load_dataset
-from leukedge.data.splits import SPLITS, load_split
+from leukedge.data.splits import SPLITS, Split, load_split
 from leukedge.io import atomic_write_json
 from leukedge.progress import Reporter
 from leukedge.rundir import RunDir, RunDirError
@@ -39,6 +39,7 @@ def evaluate_run(
     run.require("spec.json", "checkpoint.pt")
     spec = run.spec()
     notes: list[str] = []
+    saved_split: Split | None
     if data is None:
         dataset, saved_split = run.dataset_and_split()
     else:

@@ -1,10 +1,11 @@
 """The training loop behind `leukedge train`.
 
-One function, :func:`train`, from a :class:`TrainConfig` to a complete run dir.
-It runs as a single process or under ``torchrun`` (DDP; NCCL on GPUs, gloo on
-CPUs), resumes exactly from ``last.pt``, stops early on the validation
-weighted F1 (the C-NMC challenge metric) and ends by evaluating the best
-checkpoint on the test split.
+:func:`train` turns a :class:`TrainConfig` into a complete run dir in three steps:
+:func:`setup_training`, then per epoch :func:`train_one_epoch` and
+:func:`validate_and_checkpoint`, then :func:`finish_run`. It runs as a single
+process or under ``torchrun`` (DDP; NCCL on GPUs, gloo on CPUs), resumes exactly
+from ``last.pt``, stops early on the validation weighted F1 (the C-NMC challenge
+metric) and ends by evaluating the best checkpoint on the test split.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ import io
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data.distributed import DistributedSampler
 
 from leukedge.data.cellscale import estimate_cell_fraction
 from leukedge.data.layouts import load_dataset
-from leukedge.data.records import Dataset
+from leukedge.data.records import Dataset, Record
 from leukedge.data.splits import Split, load_split, make_split
 from leukedge.io import atomic_write_json, atomic_write_text
 from leukedge.progress import Reporter
@@ -104,7 +106,8 @@ def class_weights(dataset: Dataset, records: list, enabled: bool) -> torch.Tenso
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
@@ -196,16 +199,70 @@ def _is_better(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
     )
 
 
-def train(
-    cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None
-) -> dict[str, Any]:
-    """Train, validate every epoch, keep the best, evaluate it on test; returns metrics.json."""
-    reporter = reporter or Reporter()
-    cfg.validate()
+@dataclass
+class TrainSetup:
+    """Everything an epoch needs, built once per run (or per resumed run)."""
+
+    cfg: TrainConfig
+    run: RunDir
+    dist: Distributed
+    device: torch.device
+    reporter: Reporter
+    dataset: Dataset
+    split: Split
+    spec: ModelSpec
+    train_records: list[Record]
+    val_records: list[Record]
+    test_records: list[Record]
+    model: nn.Module
+    ddp_model: nn.Module
+    train_set: CellDataset
+    sampler: DistributedSampler | None
+    drop_last: bool
+    loss_fn: nn.Module
+    eval_loss: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+
+
+@dataclass
+class Progress:
+    """What changes from epoch to epoch; all of it but ``skipped`` is saved in last.pt."""
+
+    start_epoch: int = 1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    stale: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EpochStats:
+    """One epoch's training pass, as the validation row reports it."""
+
+    started: float  # time.perf_counter() at the start of the epoch
+    train_seconds: float
+    loss_sum: float
+    seen: int
+
+
+def _init_distributed(cfg: TrainConfig) -> Distributed:
     dist = Distributed.from_env()
     if dist.world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
+    return dist
+
+
+def setup_training(
+    cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None
+) -> tuple[TrainSetup, Progress]:
+    """Run dir, data, split, model, optimizer and schedule; on resume, the saved state too."""
+    reporter = reporter or Reporter()
+    cfg.validate()
+    dist = _init_distributed(cfg)
     device = resolve_device(cfg.device, dist)
     run = RunDir(cfg.out)
     if not dist.is_main:
@@ -232,11 +289,9 @@ def train(
             "both need at least one"
         )
     weights = class_weights(dataset, train_records, cfg.class_weights).to(device)
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    eval_loss = nn.CrossEntropyLoss(weight=weights)
     train_set = CellDataset(train_records, spec, train=True, seed=cfg.seed)
-    sampler = (
-        torch.utils.data.distributed.DistributedSampler(
+    sampler: DistributedSampler | None = (
+        DistributedSampler(
             train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed
         )
         if dist.world > 1
@@ -244,29 +299,37 @@ def train(
     )
     per_rank = math.ceil(len(train_set) / dist.world)
     steps_per_epoch = max(1, per_rank // cfg.batch_size)  # one short batch when smaller
-    drop_last = per_rank >= cfg.batch_size  # BatchNorm needs >1 image; avoid a ragged tail batch
     optimizer = make_optimizer(model, cfg)
-    schedule = make_schedule(optimizer, cfg, steps_per_epoch)
     use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    start_epoch, history, best, stale = 1, [], None, 0
-    if resume and run.last_path.exists():
-        state = load_training_state(run.last_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, history, stale = state["epoch"] + 1, state["history"], state["stale"]
-        best = state["best"]
-        reporter.log(f"resuming {run.path} after epoch {state['epoch']}")
-    ddp_model: nn.Module = model
+    s = TrainSetup(
+        cfg=cfg,
+        run=run,
+        dist=dist,
+        device=device,
+        reporter=reporter,
+        dataset=dataset,
+        split=split,
+        spec=spec,
+        train_records=train_records,
+        val_records=val_records,
+        test_records=test_records,
+        model=model,
+        ddp_model=model,
+        train_set=train_set,
+        sampler=sampler,
+        drop_last=per_rank >= cfg.batch_size,  # BatchNorm needs >1 image; no ragged tail
+        loss_fn=nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing),
+        eval_loss=nn.CrossEntropyLoss(weight=weights),
+        optimizer=optimizer,
+        schedule=make_schedule(optimizer, cfg, steps_per_epoch),
+        scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
+        use_amp=use_amp,
+    )
+    progress = _restore(s) if resume and run.last_path.exists() else Progress()
     if dist.world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
+        s.ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-
     if dist.is_main:
         reporter.log(
             f"{cfg.model}: {count_parameters(model) / 1e6:.1f} M parameters on {device}"
@@ -274,116 +337,195 @@ def train(
             f"{len(train_records)} train / {len(val_records)} val / {len(test_records)} test "
             f"images, split by {split.unit}"
         )
-    skipped: dict[str, str] = {}
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        train_set.epoch = epoch
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        loader = make_loader(
-            train_set,
-            cfg.batch_size,
-            shuffle=True,
-            workers=cfg.workers,
-            generator=gen,
-            sampler=sampler,
-            drop_last=drop_last,
-        )
-        task = reporter.task(f"epoch {epoch}/{cfg.epochs}", len(train_records) // dist.world)
-        ddp_model.train()
-        total_loss, seen = 0.0, 0
-        for batch in loader:
-            skipped.update(dict(batch["errors"]))
-            if batch["x"] is None or len(batch["x"]) < 2:
-                continue
-            x = batch["x"].to(device, non_blocking=True)
-            y = batch["y"].to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = loss_fn(ddp_model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            total_loss += float(loss.detach()) * len(x)
-            seen += len(x)
-            rate = seen / max(1e-9, time.perf_counter() - t0)
-            reporter.advance(task, len(x), loss=f"{total_loss / seen:.3f}", img_s=f"{rate:.1f}")
-        reporter.finish(task)
-        train_seconds = time.perf_counter() - t0
+    return s, progress
 
-        stop = torch.zeros(1)
-        if dist.is_main:
-            val = predict(
-                model, val_records, spec, device, cfg.eval_batch_size, cfg.workers, eval_loss
-            )
-            skipped.update(dict(val.errors))
-            vm = metrics_of(val, spec)
-            row = {
-                "epoch": epoch,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": total_loss / max(1, seen),
-                "train_images_per_s": seen * dist.world / max(1e-9, train_seconds),
-                "val_loss": vm["loss"],
-                "val_accuracy": vm["accuracy"],
-                "val_f1_weighted": vm["f1_weighted"],
-                "val_balanced_accuracy": vm["balanced_accuracy"],
-                "val_auroc": vm["auroc"],
-                "epoch_seconds": time.perf_counter() - t0,
-            }
-            improved = _is_better(row, best)
-            row["best"] = int(improved)
-            history.append(row)
-            if improved:
-                best, stale = {k: row[k] for k in ("epoch", "val_f1_weighted", "val_loss")}, 0
-                save_weights(run.checkpoint_path, model)
-            else:
-                stale += 1
-            save_training_state(
-                run.last_path,
-                {
-                    "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "epoch": epoch,
-                    "history": history,
-                    "best": best,
-                    "stale": stale,
-                },
-            )
-            _write_history(run.history_path, history)
-            plot_curves(history, run.path / "curves.png")
-            reporter.log(
-                f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  "
-                f"val acc {row['val_accuracy']:.3f}  F1w {row['val_f1_weighted']:.3f}  "
-                f"AUROC {row['val_auroc']:.3f}  "
-                f"{row['train_images_per_s']:.1f} img/s{'  *best*' if improved else ''}"
-            )
-            if stale >= cfg.patience:
-                reporter.log(f"early stop: no better val weighted F1 for {cfg.patience} epochs")
-                stop[0] = 1
-        if dist.world > 1:
-            torch.distributed.broadcast(stop, src=0)
-        if stop[0]:
-            break
+
+def _restore(s: TrainSetup) -> Progress:
+    """Model, optimizer, schedule, scaler, RNG and early-stopping state from last.pt."""
+    state = load_training_state(s.run.last_path)
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.schedule.load_state_dict(state["schedule"])
+    s.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    s.reporter.log(f"resuming {s.run.path} after epoch {state['epoch']}")
+    return Progress(
+        start_epoch=state["epoch"] + 1,
+        history=state["history"],
+        best=state["best"],
+        stale=state["stale"],
+    )
+
+
+def train_one_epoch(s: TrainSetup, epoch: int, skipped: dict[str, str]) -> EpochStats:
+    """One pass over the train split; unreadable files are added to ``skipped``."""
+    cfg, device = s.cfg, s.device
+    t0 = time.perf_counter()
+    s.train_set.epoch = epoch
+    if s.sampler is not None:
+        s.sampler.set_epoch(epoch)
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    loader = make_loader(
+        s.train_set,
+        cfg.batch_size,
+        shuffle=True,
+        workers=cfg.workers,
+        generator=gen,
+        sampler=s.sampler,
+        drop_last=s.drop_last,
+    )
+    task = s.reporter.task(f"epoch {epoch}/{cfg.epochs}", len(s.train_records) // s.dist.world)
+    s.ddp_model.train()
+    total_loss, seen = 0.0, 0
+    for batch in loader:
+        skipped.update(dict(batch["errors"]))
+        if batch["x"] is None or len(batch["x"]) < 2:
+            continue
+        x = batch["x"].to(device, non_blocking=True)
+        y = batch["y"].to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, enabled=s.use_amp):
+            loss = s.loss_fn(s.ddp_model(x), y)
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            s.scaler.unscale_(s.optimizer)
+            nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip)
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        s.schedule.step()
+        total_loss += float(loss.detach()) * len(x)
+        seen += len(x)
+        rate = seen / max(1e-9, time.perf_counter() - t0)
+        s.reporter.advance(task, len(x), loss=f"{total_loss / seen:.3f}", img_s=f"{rate:.1f}")
+    s.reporter.finish(task)
+    return EpochStats(t0, time.perf_counter() - t0, total_loss, seen)
+
+
+def validate_and_checkpoint(
+    s: TrainSetup, progress: Progress, epoch: int, stats: EpochStats
+) -> bool:
+    """Validate, keep the best weights, save last.pt and history.csv; True to stop early.
+
+    Only the main process validates; the stop decision is broadcast to the others.
+    """
+    stop = torch.zeros(1)
+    if s.dist.is_main:
+        stop[0] = float(_validate_and_checkpoint_main(s, progress, epoch, stats))
+    if s.dist.world > 1:
+        torch.distributed.broadcast(stop, src=0)
+    return bool(stop[0])
+
+
+def _validate_and_checkpoint_main(
+    s: TrainSetup, progress: Progress, epoch: int, stats: EpochStats
+) -> bool:
+    cfg, run = s.cfg, s.run
+    val = predict(
+        s.model, s.val_records, s.spec, s.device, cfg.eval_batch_size, cfg.workers, s.eval_loss
+    )
+    progress.skipped.update(dict(val.errors))
+    vm = metrics_of(val, s.spec)
+    row = {
+        "epoch": epoch,
+        "lr": s.optimizer.param_groups[0]["lr"],
+        "train_loss": stats.loss_sum / max(1, stats.seen),
+        "train_images_per_s": stats.seen * s.dist.world / max(1e-9, stats.train_seconds),
+        "val_loss": vm["loss"],
+        "val_accuracy": vm["accuracy"],
+        "val_f1_weighted": vm["f1_weighted"],
+        "val_balanced_accuracy": vm["balanced_accuracy"],
+        "val_auroc": vm["auroc"],
+        "epoch_seconds": time.perf_counter() - stats.started,
+    }
+    improved = _is_better(row, progress.best)
+    row["best"] = int(improved)
+    progress.history.append(row)
+    if improved:
+        progress.best = {k: row[k] for k in ("epoch", "val_f1_weighted", "val_loss")}
+        progress.stale = 0
+        save_weights(run.checkpoint_path, s.model)
+    else:
+        progress.stale += 1
+    save_training_state(
+        run.last_path,
+        {
+            "model": unwrap(s.model).state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "schedule": s.schedule.state_dict(),
+            "scaler": s.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "history": progress.history,
+            "best": progress.best,
+            "stale": progress.stale,
+        },
+    )
+    _write_history(run.history_path, progress.history)
+    s.reporter.log(
+        f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  "
+        f"val acc {row['val_accuracy']:.3f}  F1w {row['val_f1_weighted']:.3f}  "
+        f"AUROC {row['val_auroc']:.3f}  "
+        f"{row['train_images_per_s']:.1f} img/s{'  *best*' if improved else ''}"
+    )
+    if progress.stale >= cfg.patience:
+        s.reporter.log(f"early stop: no better val weighted F1 for {cfg.patience} epochs")
+        return True
+    return False
+
+
+def draw_curves(s: TrainSetup, progress: Progress) -> None:
+    """curves.png of the epochs done so far (main process, once at least one is done)."""
+    if s.dist.is_main and progress.history:
+        plot_curves(progress.history, s.run.path / "curves.png")
+
+
+def train(
+    cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None
+) -> dict[str, Any]:
+    """Train, validate every epoch, keep the best, evaluate it on test; returns metrics.json.
+
+    curves.png is drawn once, when training ends, stops early or is interrupted.
+    """
+    s, progress = setup_training(cfg, resume, reporter)
+    try:
+        for epoch in range(progress.start_epoch, s.cfg.epochs + 1):
+            stats = train_one_epoch(s, epoch, progress.skipped)
+            if validate_and_checkpoint(s, progress, epoch, stats):
+                break
+    except BaseException:
+        _draw_curves_quietly(s, progress)
+        raise
+    draw_curves(s, progress)
 
     result: dict[str, Any] = {}
-    if dist.is_main:
+    if s.dist.is_main:
         result = finish_run(
-            run, spec, split, dataset, test_records, device, cfg, history, best, skipped, reporter
+            s.run,
+            s.spec,
+            s.split,
+            s.dataset,
+            s.test_records,
+            s.device,
+            s.cfg,
+            progress.history,
+            progress.best,
+            progress.skipped,
+            s.reporter,
         )
-    if dist.world > 1:
+    if s.dist.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return result
+
+
+def _draw_curves_quietly(s: TrainSetup, progress: Progress) -> None:
+    """Curves of an interrupted run; a plotting error must not hide why the run stopped."""
+    try:
+        draw_curves(s, progress)
+    except Exception as e:
+        s.reporter.log(f"note: could not draw curves.png ({type(e).__name__}: {e})", "note")
 
 
 def finish_run(

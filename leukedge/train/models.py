@@ -13,6 +13,7 @@ dynamic SAME padding where a static form exists, which ONNX and TensorRT need.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,6 +66,20 @@ def timm_name(arch: str) -> str | None:
     return ALIASES.get(arch, arch)
 
 
+def _known_timm_name(arch: str) -> str:
+    import timm
+
+    name = timm_name(arch)
+    if name is None or (
+        name not in timm.list_models() and name not in timm.list_models(pretrained=True)
+    ):
+        raise ValueError(
+            f"unknown model {arch!r}: use one of {', '.join(BUILTIN)} or a timm model name "
+            "(see timm.list_models())"
+        )
+    return name
+
+
 def _timm_accepts_img_size(name: str) -> bool:
     return name.startswith(("vit", "deit", "beit", "eva", "swin", "convit", "cait", "xcit"))
 
@@ -80,13 +95,8 @@ def build_model(
         return model
     import timm
 
-    name = timm_name(arch)
-    if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
-        raise ValueError(
-            f"unknown model {arch!r}: use one of {', '.join(BUILTIN)} or a timm model name "
-            "(see timm.list_models())"
-        )
-    kwargs = {"num_classes": num_classes, "exportable": True}
+    name = _known_timm_name(arch)
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "exportable": True}
     if _timm_accepts_img_size(name):
         kwargs["img_size"] = input_size
     if pretrained == "timm":
@@ -140,6 +150,27 @@ def load_pretrained_file(model: nn.Module, path: str | Path) -> list[str]:
     return sorted(set(own) - set(fitting))
 
 
+def _cnn_pixels() -> dict[str, Any]:
+    """The CNN is trained from scratch: ImageNet statistics, area/bilinear resize."""
+    return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "area"}
+
+
+def timm_pixels(name: str) -> dict[str, Any]:
+    """mean, std and interpolation of timm model ``name``'s pretrained config.
+
+    Read from timm's registry as ``timm.data.resolve_data_config`` resolves them, so
+    no weights are needed (the config is the same with ``pretrained=False``).
+    """
+    import timm
+    from timm.data import resolve_data_config
+
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is None:
+        raise ValueError(f"timm has no pretrained config for {name!r}")
+    data = resolve_data_config(pretrained_cfg=cfg.to_dict())
+    return {k: data[k] for k in ("mean", "std", "interpolation")}
+
+
 def default_spec(
     arch: str,
     classes: list[str],
@@ -149,15 +180,21 @@ def default_spec(
     cell_fraction: float,
     dataset: str | None = None,
 ) -> ModelSpec:
-    """The ModelSpec a new model of ``arch`` is trained with."""
+    """The ModelSpec a new model of ``arch`` is trained with.
+
+    A timm backbone keeps the normalisation and resize filter its weights were
+    pretrained with (``vit-hybrid`` has mean = std = 0.5, not ImageNet's).
+    """
+    pixels = _cnn_pixels() if arch == "cnn" else timm_pixels(_known_timm_name(arch))
     return ModelSpec(
         arch=arch,
         backbone=timm_name(arch),
         classes=list(classes),
         positive_class=positive_class,
         input_size=input_size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=pixels["mean"],
+        std=pixels["std"],
+        interpolation=pixels["interpolation"],
         channel_order="RGB",
         resize="stretch",
         crop_style=crop_style,
