@@ -21,14 +21,15 @@ _CV2_FILTERS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 def _interpolation(spec: ModelSpec, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
     """The OpenCV filter for ``spec.interpolation``.
 
-    ``area`` averages when shrinking (no aliasing) and is bilinear when enlarging;
-    ``bilinear`` and ``bicubic`` are OpenCV's filters both ways, which sample at the
-    source scale (no antialiasing when shrinking, unlike PIL).
+    Shrinking always averages (``INTER_AREA``): timm's pretrained transforms resize with
+    PIL, whose bilinear/bicubic filters widen with the scale and so antialias, while
+    OpenCV's sample at the source scale and alias (a 450 px C-NMC cell to 224 px).
+    Enlarging uses the named filter (``area``: bilinear).
     """
-    if spec.interpolation != "area":
-        return _CV2_FILTERS[spec.interpolation]
     shrinking = dst_hw[0] * dst_hw[1] < src_hw[0] * src_hw[1]
-    return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    if shrinking:
+        return cv2.INTER_AREA
+    return _CV2_FILTERS.get(spec.interpolation, cv2.INTER_LINEAR)
 
 
 def resize_to_input(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
