@@ -48,6 +48,7 @@ from leukedge.export.pipeline import export_run  # noqa: E402
 from leukedge.io import atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
 from leukedge.machine import describe_machine, markdown_machine  # noqa: E402
 from leukedge.rundir import RunDir  # noqa: E402
+from leukedge.train.models import load_run_model  # noqa: E402
 
 LATENCY_BACKENDS = ("torch", "ort-fp32", "ort-int8")
 
@@ -100,7 +101,7 @@ def split_parity(run: Path, record: dict[str, Any], args: argparse.Namespace) ->
     images = load_image_set(split.records(dataset, args.split), spec)
     if not len(images):
         return {"split": args.split, "n": 0, "files": {}}
-    model = rd.load_model()
+    model = load_run_model(rd)
     ref = torch_logits(model, images.x)
     out: dict[str, Any] = {"split": args.split, "n": len(images), "files": {}}
     for precision in record["files"]:
@@ -123,7 +124,7 @@ def latency(run: Path, record: dict[str, Any], args: argparse.Namespace) -> dict
     torch.set_num_threads(args.threads)
     rd = RunDir(run)
     spec = rd.spec()
-    model = rd.load_model()
+    model = load_run_model(rd)
     files = record["files"]
     fp32 = ort_runner(run / "export" / files["fp32"]["file"], args.threads)
     int8 = ort_runner(run / "export" / files["int8"]["file"], args.threads)

@@ -12,23 +12,20 @@ runs/<name>/
   curves.png, confusion.png
   export/  engines/  bench/    filled by later steps
 ```
-Torch is imported only by :meth:`RunDir.load_model`, so the runtime and the
-bench can read run dirs on a machine without it.
+Torch-free: the weights are loaded by :func:`leukedge.train.models.load_run_model`,
+so the bench can read run dirs on a machine without torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from leukedge.data.layouts import load_dataset
 from leukedge.data.records import Dataset, DatasetError
 from leukedge.data.splits import Split, load_split
 from leukedge.io import read_json
 from leukedge.spec import ModelSpec
-
-if TYPE_CHECKING:
-    from torch import nn
 
 
 class RunDirError(ValueError):
@@ -67,18 +64,6 @@ class RunDir:
 
     def config(self) -> dict[str, Any]:
         return read_json(self.config_path) if self.config_path.is_file() else {}
-
-    def load_model(self, map_location: str = "cpu") -> nn.Module:
-        """The best checkpoint in eval mode (weights loaded with ``weights_only=True``)."""
-        import torch
-
-        from leukedge.train.models import model_from_spec
-
-        self.require("spec.json", "checkpoint.pt")
-        model = model_from_spec(self.spec())
-        state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=True)
-        model.load_state_dict(state)
-        return model.eval()
 
     def dataset_and_split(self, data: str | Path | None = None) -> tuple[Dataset, Split]:
         """The run's dataset (or ``data`` laid out the same way) and its saved split."""

@@ -18,7 +18,12 @@ from leukedge.progress import Reporter
 from leukedge.rundir import RunDir
 from leukedge.train.config import TrainConfig
 from leukedge.train.loop import RunExistsError, train
-from leukedge.train.models import build_model, default_spec, load_pretrained_file
+from leukedge.train.models import (
+    build_model,
+    default_spec,
+    load_pretrained_file,
+    load_run_model,
+)
 
 
 @pytest.mark.slow
@@ -49,7 +54,7 @@ def test_checkpoints_load_with_weights_only(trained_run: Path) -> None:
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     last = torch.load(trained_run / "last.pt", weights_only=True)
     assert {"model", "optimizer", "schedule", "epoch", "history"} <= set(last)
-    model = RunDir(trained_run).load_model()
+    model = load_run_model(RunDir(trained_run))
     assert not model.training
 
 

@@ -89,11 +89,13 @@ class TorchBackend:
     def from_run(
         cls, run_dir: str | Path, device: str = "auto", threads: int | None = None
     ) -> TorchBackend:
-        """The run's best checkpoint (``RunDir.load_model``) as a backend."""
+        """The run's best checkpoint (``load_run_model``) as a backend."""
         from leukedge.rundir import RunDir
 
         run = RunDir(run_dir)
-        return cls(run.load_model(), run.spec(), device=device, threads=threads)
+        from leukedge.train.models import load_run_model
+
+        return cls(load_run_model(run), run.spec(), device=device, threads=threads)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch

@@ -89,7 +89,9 @@ def export_run(
     errors: dict[str, str] = {}
 
     tell("load model", 0, 1)
-    model = run.load_model()
+    from leukedge.train.models import load_run_model
+
+    model = load_run_model(run)
     checkpoint_sha = sha256_file(run.checkpoint_path)
     tell("load model", 1, 1)
     val = _load_val(run, spec, data, warnings, tell)

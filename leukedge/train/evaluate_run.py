@@ -62,7 +62,9 @@ def evaluate_run(
     if not records:
         raise RunDirError(f"split {used!r} of {dataset.root} has no images")
     torch_device = resolve_device(device, Distributed())
-    model = run.load_model().to(torch_device)
+    from leukedge.train.models import load_run_model
+
+    model = load_run_model(run).to(torch_device)
     task = reporter.task(f"evaluate {used}", len(records))
     pred = predict(
         model,

@@ -40,7 +40,7 @@ from leukedge.train.checkpoint import (
 from leukedge.train.config import LAYOUT_CROP_STYLE, TrainConfig
 from leukedge.train.dataset import CellDataset, make_loader
 from leukedge.train.evaluate import metrics_of, per_subject_accuracy, predict
-from leukedge.train.models import build_model, count_parameters, default_spec
+from leukedge.train.models import build_model, count_parameters, default_spec, load_run_model
 from leukedge.train.plots import plot_confusion, plot_curves
 
 HISTORY_FIELDS = [
@@ -542,7 +542,7 @@ def finish_run(
     reporter: Reporter,
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint on test and write metrics.json + confusion.png."""
-    model = run.load_model().to(device)
+    model = load_run_model(run).to(device)
     best_row = next((h for h in history if best and h["epoch"] == best["epoch"]), None)
     result: dict[str, Any] = {
         "model": cfg.model,

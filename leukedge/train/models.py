@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from leukedge.rundir import RunDir
 from leukedge.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 ALIASES = {
@@ -210,3 +211,12 @@ def model_from_spec(spec: ModelSpec) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def load_run_model(run: RunDir, map_location: str = "cpu") -> nn.Module:
+    """A run's best checkpoint in eval mode (weights loaded with ``weights_only=True``)."""
+    run.require("spec.json", "checkpoint.pt")
+    model = model_from_spec(run.spec())
+    state = torch.load(run.checkpoint_path, map_location=map_location, weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
