@@ -32,17 +32,7 @@ from leukedge.bench.backends import (
     open_backend,
     parse_backends,
 )
-from leukedge.bench.latency import (
-    Samples,
-    StopRule,
-    batch_of,
-    interleave,
-    measure_batch,
-    rotated,
-    speedup,
-    summarize_ms,
-    throughput,
-)
+from leukedge.bench.latency import measure_batch, speedup, summarize_ms, throughput
 from leukedge.bench.markdown import to_markdown
 from leukedge.bench.parity import backend_parity, metrics_of
 from leukedge.bench.plots import latency_png, parity_png
@@ -50,6 +40,7 @@ from leukedge.bench.schema import finite_or_none
 from leukedge.budgets import judge
 from leukedge.cli import app
 from leukedge.data.arrays import ImageSet
+from leukedge.runtime.backends.timing import Samples, StopRule, batch_of, interleave, rotated
 from leukedge.spec import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]

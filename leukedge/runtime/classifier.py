@@ -23,6 +23,7 @@ import numpy as np
 
 from leukedge.runtime.backends.base import Backend, BackendError, infer_in_batches
 from leukedge.runtime.backends.resolve import Candidate, resolve_candidates
+from leukedge.runtime.backends.timing import StopRule, interleave, timed_call
 from leukedge.spec import ModelSpec
 
 DEFAULT_BATCH = 8
@@ -57,30 +58,26 @@ def measure_backend(
     budget_s: float = 2.0,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
-    """Median time of one batch after warm-up; stops early past ``budget_s`` (at least 2 runs).
+    """Median time of one batch after warm-up, with the bench's timing loop.
 
-    The input is random, not zeros: some kernels (INT8 in particular) take shortcuts on zeros.
+    Stops after ``iterations`` calls, or earlier once ``budget_s`` of timed calls
+    have passed. The input is random, not zeros: some kernels (INT8
+    in particular) take shortcuts on zeros.
     """
     b = max(1, min(batch, backend.max_batch or batch))
     x = np.random.default_rng(0).standard_normal((b, *backend.spec.input_shape)).astype(np.float32)
     for _ in range(warmup_iterations):
         backend.infer(x)
     backend.synchronize()
-    times: list[float] = []
-    start = clock()
-    for _ in range(max(1, iterations)):
-        t0 = clock()
-        backend.infer(x)
-        backend.synchronize()
-        times.append(clock() - t0)
-        if len(times) >= 2 and clock() - start > budget_s:
-            break
-    ms = statistics.median(times) * 1000.0
+    n = max(1, iterations)
+    rule = StopRule(min_iters=n, min_time_s=0.0, max_time_s=budget_s, max_iters=n)
+    samples = interleave({backend.name: timed_call(backend, x, clock)}, rule)[backend.name]
+    ms = statistics.median(samples.host_ms)
     return {
         "batch": b,
         "ms_per_batch": round(ms, 3),
         "ms_per_image": round(ms / b, 4),
-        "iterations": len(times),
+        "iterations": len(samples.host_ms),
     }
 
 
