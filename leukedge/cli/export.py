@@ -118,8 +118,8 @@ def build_engine(
     workspace_mb: int | None = typer.Option(None, help="Builder workspace limit in MiB."),
     dla_core: int | None = typer.Option(
         None,
-        help="Build for this DLA core (Jetson AGX/NX Orin, Xavier; TensorRT <= 10.7): FP16/INT8 "
-        "only, static shape, GPU fallback for what DLA cannot run.",
+        help="Build for this DLA core (Jetson AGX/NX Orin, Xavier): FP16/INT8 only, static "
+        "shape, GPU fallback for what DLA cannot run.",
     ),
     tf32: bool = typer.Option(
         False, "--tf32", help="Allow TF32 in fp32 layers (off: an fp32 engine computes in fp32)."

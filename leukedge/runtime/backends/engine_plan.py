@@ -59,8 +59,8 @@ TENSORRT_INSTALL_HINT = (
     "Without TensorRT, run the exported model.*.onnx files with ONNX Runtime."
 )
 DLA_NOTE = (
-    "DLA cores exist on Jetson AGX/NX Orin and Xavier; TensorRT drives them up to 10.7 "
-    "(JetPack 6 ships 10.3) and TensorRT after 10.7 on x86 has no DLA"
+    "DLA cores exist on Jetson AGX/NX Orin and Xavier (JetPack 6 ships TensorRT 10.3); "
+    "TensorRT after 10.7 on x86 has no DLA"
 )
 
 
