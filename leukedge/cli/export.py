@@ -200,7 +200,7 @@ def _engines_table(outcomes: list[Any]) -> Table:
         table.add_row(
             o.precision,
             o.status,
-            escape(str(r.engine_path)) if r else escape(o.message),
+            escape(str(r.engine_path)) if r else "(below)",
             fmt(r.sidecar.build_seconds, 1) if r and not r.reused else "-",
             _parity_cell(r.sidecar.parity) if r else "-",
         )
