@@ -60,7 +60,8 @@ TENSORRT_INSTALL_HINT = (
 )
 DLA_NOTE = (
     "DLA cores exist on Jetson AGX/NX Orin and Xavier (JetPack 6 ships TensorRT 10.3); "
-    "TensorRT after 10.7 on x86 has no DLA"
+    "TensorRT after 10.7 on x86 has no DLA, 10.8 to 11.3 have none on any platform, and "
+    "11.4.1 brings it back for AGX Orin on JetPack 7.2.2"
 )
 
 
