@@ -125,6 +125,9 @@ class ValidationImages:
     source: str
     _reference: dict[Path, np.ndarray] = field(default_factory=dict)
 
+    def get(self, spec: ModelSpec, onnx_path: Path) -> tuple[ValidationImages | None, str]:
+        return self, ""
+
     def reference(self, onnx_path: Path, spec: ModelSpec) -> np.ndarray:
         """ONNX Runtime fp32 on CPU: the same runtime code that serves the file elsewhere."""
         if onnx_path not in self._reference:
@@ -156,6 +159,24 @@ def validation_images(
         return None, f"none of the {len(records)} validation images could be read"
     source = f"{len(images)} {PARITY_SPLIT} images of {run_dir}"
     return ValidationImages(images.x, images.labels, source), ""
+
+
+class RunImages:
+    """A run's validation images, read on first need (a reused engine needs none)."""
+
+    def __init__(self, target: Path, data: str | Path | None, limit: int | None) -> None:
+        self.target, self.data, self.limit = target, data, limit
+        self._loaded: tuple[ValidationImages | None, str] | None = None
+
+    def get(self, spec: ModelSpec, onnx_path: Path) -> tuple[ValidationImages | None, str]:
+        if self._loaded is None:
+            target = self.target
+            run_dir = target if is_run_dir(target) else run_dir_of_export(onnx_path.parent)
+            if run_dir is None:
+                self._loaded = None, "not in a run dir: no validation split to measure on"
+            else:
+                self._loaded = validation_images(run_dir, spec, self.data, self.limit)
+        return self._loaded
 
 
 def engine_logits(backend: Any, x: np.ndarray) -> np.ndarray:
@@ -223,7 +244,7 @@ def build_engine(
     *,
     flags: BuildFlags | None = None,
     shared_timing_cache: str | Path | None = AUTO,
-    images: ValidationImages | None = None,
+    images: ValidationImages | RunImages | None = None,
     no_images_reason: str = "no validation images given",
 ) -> BuildResult:
     """Build (or reuse) the engine of one ``model.<precision>.onnx`` for this GPU.
@@ -350,22 +371,23 @@ def _record_parity(
     engine_path: Path,
     onnx_path: Path,
     sidecar: EngineSidecar,
-    images: ValidationImages | None,
+    images: ValidationImages | RunImages | None,
     no_images_reason: str,
     spec: ModelSpec,
     device: int,
     log: Log,
 ) -> EngineSidecar:
     """Run the new engine on the validation images; a failure to measure never loses the engine."""
-    if images is None:
-        parity: dict[str, Any] = {"measured": False, "reason": no_images_reason}
-    else:
-        try:
-            parity = measure_parity(
-                engine_path, reference_onnx_for(onnx_path), sidecar.precision, images, spec, device
-            )
-        except Exception as e:  # the engine is built; say why it could not be checked
-            parity = {"measured": False, "reason": f"{type(e).__name__}: {e}"}
+    parity: dict[str, Any]
+    try:
+        found, why = images.get(spec, onnx_path) if images is not None else (None, "")
+        if found is None:
+            parity = {"measured": False, "reason": why or no_images_reason}
+        else:
+            reference = reference_onnx_for(onnx_path)
+            parity = measure_parity(engine_path, reference, sidecar.precision, found, spec, device)
+    except Exception as e:  # the engine is built; say why it could not be checked
+        parity = {"measured": False, "reason": f"{type(e).__name__}: {e}"}
     sidecar = replace(sidecar, parity=parity)
     sidecar.save(sidecar_path_for(engine_path))
     if parity.get("measured"):
@@ -711,9 +733,7 @@ def build_engines(
     if root is None and target.is_dir():
         root = engines_root(target)
     outcomes: list[PrecisionOutcome] = []
-    images: ValidationImages | None = None
-    no_images = "--no-parity"
-    loaded = False
+    images = RunImages(target, data, parity_images) if parity else None
     for onnx_path, precision in files:
         if flags.dla_core is not None and not artifact(precision).dla and not precisions:
             outcomes.append(
@@ -726,23 +746,18 @@ def build_engines(
             )
             continue
         try:
-            spec = _spec_for(onnx_path)
-            if parity and not loaded:
-                loaded = True
-                images, no_images = _images_for(target, onnx_path, spec, data, parity_images)
             result = build_engine(
                 onnx_path,
                 out_dir=root,
                 timing_cache=timing_cache,
                 force=force,
                 log=log,
-                spec=spec,
                 device=device,
                 verbose=verbose,
                 flags=flags,
                 shared_timing_cache=shared_timing_cache,
                 images=images,
-                no_images_reason=no_images,
+                no_images_reason="--no-parity",
             )
         except Exception as e:  # recorded; the next precision is still built
             message = str(e) if isinstance(e, EngineBuildError) else f"{type(e).__name__}: {e}"
@@ -752,16 +767,3 @@ def build_engines(
         status = "reused" if result.reused else "built"
         outcomes.append(PrecisionOutcome(precision, onnx_path, status, result.reason, result))
     return outcomes
-
-
-def _images_for(
-    target: Path,
-    onnx_path: Path,
-    spec: ModelSpec,
-    data: str | Path | None,
-    limit: int | None,
-) -> tuple[ValidationImages | None, str]:
-    run_dir = target if is_run_dir(target) else run_dir_of_export(onnx_path.parent)
-    if run_dir is None:
-        return None, "not in a run dir: no validation split to measure on"
-    return validation_images(run_dir, spec, data, limit)
