@@ -1,24 +1,29 @@
 #!/usr/bin/env python3
-"""GPU check: run leukedge's CUDA paths once on a machine with an NVIDIA GPU.
+"""GPU check: leukedge's CUDA paths end to end on one NVIDIA GPU, as a user runs them.
 
-Every part skips with a reason when what it needs is missing, and a failing part
-is recorded (error + traceback tail) without stopping the next one:
+Every step calls leukedge itself (the CLI in a subprocess, or the runtime in process),
+so what is checked is what ships; nothing here trains, exports or quantizes on its own:
 
   environment    Python, torch, ONNX Runtime, TensorRT, CUDA bindings, the GPU
-  cuda_binding   leukedge's CUDA adapter: device info, pinned and device buffers,
-                 async copies, event timing
-  train_amp      AMP training steps (fp16 autocast + GradScaler) per model on CUDA
-  onnx_models    the ONNX files the next parts run: a run dir's export/ (--run), or
-                 exported here from untrained models (fp32, fp16 with fp32 I/O, INT8 QDQ)
-  ort_cuda       ONNX Runtime CUDA EP against ONNX Runtime CPU: parity and latency
-  tensorrt       strongly typed engine build, cache hit, TrtBackend against ONNX
-                 Runtime CPU (parity), latency with CUDA events, mismatch refusal
+  cuda_binding   leukedge's CUDA adapter: pinned/device buffers, async copies, events
+  data           `leukedge data synth`: small synthetic cells (seeded)
+  per model (cnn, resnet50, vit-hybrid):
+    train          `leukedge train --device cuda` (AMP on CUDA), a few epochs
+    export         `leukedge export` fp32, fp16, int8 (calibrated on the val split)
+    build_engine   `leukedge build-engine` fp16, int8, fp32 (parity vs ONNX Runtime
+                   in each sidecar, timing caches, build logs)
+    bench          `leukedge bench --backends torch,ort-*-cuda,trt-* --torch-device cuda`
+    trt_backend    TrtBackend at batch 1, plain and replaying a CUDA graph; an engine
+                   whose sidecar names another GPU must be refused
 
-    python benchmarks/gpu_check.py [--out DIR] [--run runs/NAME] [--models cnn,resnet50]
-                                   [--size 224] [--quick]
+    python benchmarks/gpu_check.py [--quick] [--out DIR] [--models cnn,resnet50]
+                                   [--size 128] [--budget-s 450] [--work DIR]
 
-The figures go to DIR/gpu_check.json (DIR: --out, else $OUT, else
-benchmarks/results), rewritten after every part so a cut-off run keeps what it did.
+The full check fits in 8 minutes on one data-centre GPU, --quick (the CNN only, at
+64 px) in 3: each step gets what is left of the time budget and later steps are
+skipped, with the reason, when it runs out. The figures go to DIR/gpu_check.json
+(DIR: --out, else $OUT, else benchmarks/results), rewritten after every step, with
+each bench report.json beside it. Without an NVIDIA GPU it stops at once (exit 2).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,14 +52,251 @@ if str(REPO) not in sys.path:  # runnable from a bare checkout
     sys.path.insert(0, str(REPO))
 
 MODELS = ("cnn", "resnet50", "vit-hybrid")
-INT8_MODELS = ("cnn", "resnet50")  # ViT hybrids need the export module's INT8 exclusions
+ENGINE_PRECISIONS = "fp16,int8,fp32"
+BENCH_BACKENDS = (
+    "torch",
+    "ort-fp32-cuda",
+    "ort-fp16-cuda",
+    "ort-int8-cuda",
+    "trt-fp16",
+    "trt-int8",
+    "trt-fp32",
+)
+NO_GPU_EXIT = 2
 
 
 class Skip(Exception):
-    """A part whose requirement is missing here; the message says which."""
+    """A step whose requirement is missing here (or the time ran out); the message says which."""
 
 
-# ---------------------------------------------------------------- small helpers
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run does: models, sizes and the time each kind of step may take."""
+
+    models: tuple[str, ...]
+    size: int
+    cells: int
+    epochs: int
+    batch: int
+    budget_s: float
+    bench_limit: int
+    bench_max_time: float
+    batch_sizes: str
+    graph_iters: int
+
+
+def make_plan(
+    quick: bool,
+    models: str | None = None,
+    size: int | None = None,
+    budget_s: float | None = None,
+) -> Plan:
+    """--quick: the CNN at 64 px in 3 minutes; else the three models at 128 px in 8."""
+    base = (
+        Plan(("cnn",), 64, 240, 1, 32, 170.0, 64, 0.3, "1,8", 100)
+        if quick
+        else Plan(MODELS, 128, 480, 2, 32, 450.0, 192, 0.8, "1,8,32", 300)
+    )
+    chosen = tuple(m.strip() for m in models.split(",") if m.strip()) if models else base.models
+    unknown = [m for m in chosen if m not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}: use {', '.join(MODELS)}")
+    if size is not None and (size < 32 or size % 32):
+        raise ValueError(f"--size must be a multiple of 32 (the ViT hybrid's patch), got {size}")
+    return Plan(
+        models=chosen,
+        size=size or base.size,
+        cells=base.cells,
+        epochs=base.epochs,
+        batch=base.batch,
+        budget_s=float(budget_s or base.budget_s),
+        bench_limit=base.bench_limit,
+        bench_max_time=base.bench_max_time,
+        batch_sizes=base.batch_sizes,
+        graph_iters=base.graph_iters,
+    )
+
+
+class Clock:
+    """The time budget: each step may use what is left, less a reserve for the report."""
+
+    def __init__(self, budget_s: float, reserve_s: float = 5.0) -> None:
+        self.budget_s, self.reserve_s = budget_s, reserve_s
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def left(self) -> float:
+        return self.budget_s - self.reserve_s - self.elapsed()
+
+    def allow(self, step: str, needs_s: float) -> float:
+        """Seconds ``step`` may run; :class:`Skip` when fewer than ``needs_s`` are left."""
+        left = self.left()
+        if left < needs_s:
+            raise Skip(
+                f"time budget: {left:.0f} s left of {self.budget_s:.0f} s, {step} needs ~{needs_s:.0f} s"
+            )
+        return left
+
+
+# ---------------------------------------------------------------- commands
+
+
+def leukedge_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "leukedge", *args]
+
+
+def synth_cmd(plan: Plan, out: Path) -> list[str]:
+    return leukedge_cmd(
+        "data", "synth", str(out), "--n", str(plan.cells), "--frames", "0", "--cell-size", "96"
+    )
+
+
+def train_cmd(plan: Plan, arch: str, data: Path, run: Path) -> list[str]:
+    return leukedge_cmd(
+        "train",
+        "--model",
+        arch,
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--epochs",
+        str(plan.epochs),
+        "--batch-size",
+        str(plan.batch),
+        "--img-size",
+        str(plan.size),
+        "--device",
+        "cuda",
+        "--workers",
+        "2",
+    )
+
+
+def export_cmd(run: Path) -> list[str]:
+    return leukedge_cmd("export", str(run), "--precision", "fp32,fp16,int8")
+
+
+def build_cmd(run: Path) -> list[str]:
+    return leukedge_cmd("build-engine", str(run), "--precision", ENGINE_PRECISIONS)
+
+
+def bench_cmd(plan: Plan, run: Path, out: Path) -> list[str]:
+    return leukedge_cmd(
+        "bench",
+        str(run),
+        "--backends",
+        ",".join(BENCH_BACKENDS),
+        "--torch-device",
+        "cuda",
+        "--split",
+        "test",
+        "--batch-sizes",
+        plan.batch_sizes,
+        "--limit",
+        str(plan.bench_limit),
+        "--max-time",
+        str(plan.bench_max_time),
+        "--out",
+        str(out),
+    )
+
+
+def run_cmd(cmd: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run one leukedge command; its exit status, time and the end of its output."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=max(1.0, timeout_s), env=env, cwd=REPO
+        )
+        rc, out = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as e:
+        rc = -9
+        out = f"{_text(e.stdout)}{_text(e.stderr)}\n(killed after {timeout_s:.0f} s: time budget)"
+    return {
+        "cmd": " ".join(cmd[2:]),
+        "rc": rc,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "output_tail": out[-2500:],
+    }
+
+
+def _text(data: Any) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+
+
+def checked(result: dict[str, Any], what: str) -> dict[str, Any]:
+    """A command's result, or an error carrying its output when it failed."""
+    if result["rc"] != 0:
+        raise RuntimeError(f"{what} exited {result['rc']}: {result['output_tail'][-1200:]}")
+    return result
+
+
+# ---------------------------------------------------------------- reading what leukedge wrote
+
+
+def engine_summaries(run: Path) -> dict[str, Any]:
+    """Each engine's build time, size and parity from its sidecar."""
+    out = {}
+    for side in sorted(run.glob("engines/*/model.*.engine.json")):
+        data = json.loads(side.read_text())
+        parity = data.get("parity") or {}
+        verdict = (parity.get("verdict") or {}).get("status")
+        out[side.name.removesuffix(".engine.json")] = {
+            "target": side.parent.name,
+            "build_s": data.get("build_seconds"),
+            "engine_mib": round(data.get("engine_bytes", 0) / 2**20, 2),
+            "tf32": (data.get("build_flags") or {}).get("tf32"),
+            "parity_vs_ort": None
+            if not parity.get("measured")
+            else {
+                "agreement": parity.get("agreement"),
+                "max_abs_diff": parity.get("max_abs_diff"),
+                "budget": verdict,
+            },
+            "parity_note": None if parity.get("measured") else parity.get("reason"),
+            "warnings": data.get("warnings") or [],
+        }
+    return out
+
+
+def bench_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """Per backend: parity against the reference, budget, batch-1 latency, best throughput."""
+    rows = {}
+    for name, row in (report.get("backends") or {}).items():
+        latency = row.get("latency") or {}
+        one = latency.get("1") or {}
+        best = max(
+            (e.get("images_per_s") or 0.0 for e in latency.values() if isinstance(e, dict)),
+            default=None,
+        )
+        parity = row.get("parity") or {}
+        rows[name] = {
+            "device": row.get("device"),
+            "agreement": parity.get("agreement"),
+            "max_abs_diff": parity.get("max_abs_diff"),
+            "budget": (row.get("budget") or {}).get("status"),
+            "batch1_host_p50_ms": (one.get("host_ms") or {}).get("p50"),
+            "batch1_device_p50_ms": (one.get("device_ms") or {}).get("p50"),
+            "best_images_per_s": round(best, 1) if best else None,
+        }
+    skipped = {s.get("name"): s.get("reason") for s in report.get("skipped") or []}
+    return {
+        "reference": (report.get("reference") or {}).get("backend"),
+        "rows": rows,
+        "skipped": skipped,
+    }
 
 
 def percentiles(times_ms: list[float]) -> dict[str, float]:
@@ -64,38 +307,6 @@ def percentiles(times_ms: list[float]) -> dict[str, float]:
         "p99_ms": round(float(np.percentile(a, 99)), 4),
         "n": len(times_ms),
     }
-
-
-def time_calls(fn: Callable[[], Any], iters: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
-def parity(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    diff = np.abs(reference.astype(np.float64) - other.astype(np.float64))
-    agree = np.mean(reference.argmax(axis=1) == other.argmax(axis=1))
-    return {
-        "top1_agreement": round(float(agree), 6),
-        "max_abs_dlogit": float(diff.max()),
-        "mean_abs_dlogit": float(diff.mean()),
-        "n": int(len(reference)),
-    }
-
-
-def images(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """Preprocessed-looking inputs: uniform pixels through ImageNet mean/std."""
-    from leukedge.spec import IMAGENET_MEAN, IMAGENET_STD
-
-    x = np.random.default_rng(seed).random((n, 3, size, size), dtype=np.float32)
-    mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
-    std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
-    return ((x - mean) / std).astype(np.float32)
 
 
 def version_of(dist: str) -> str | None:
@@ -110,15 +321,34 @@ def error_text(e: BaseException) -> dict[str, str]:
     return {"error": f"{type(e).__name__}: {e}", "traceback": tail}
 
 
-class Report:
-    """The JSON report, written after every part."""
+def gpu_present() -> tuple[bool, str]:
+    """An NVIDIA GPU with its driver here? Asks nvidia-smi (or the Jetson's release file);
+    imports neither torch nor a CUDA binding, so a machine without one is told at once."""
+    from leukedge.machine import jetson_info, nvidia_gpus
 
-    def __init__(self, path: Path, args: argparse.Namespace) -> None:
-        self.path = path
+    gpus = nvidia_gpus()
+    if gpus:
+        return True, ", ".join(f"{g.get('name')} (sm {g.get('compute_cap') or '?'})" for g in gpus)
+    if jetson_info():
+        return True, "Jetson"
+    if shutil.which("nvidia-smi") is None:
+        return False, "nvidia-smi is not installed and this is no Jetson"
+    return False, "nvidia-smi lists no GPU (is the driver loaded?)"
+
+
+# ---------------------------------------------------------------- the report
+
+
+class Report:
+    """The JSON report, written after every step."""
+
+    def __init__(self, path: Path, args: argparse.Namespace, plan: Plan, clock: Clock) -> None:
+        self.path, self.clock = path, clock
         self.data: dict[str, Any] = {
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "args": {k: v for k, v in vars(args).items() if k != "out"},
-            "parts": {},
+            "plan": asdict(plan),
+            "steps": {},
         }
 
     def run(self, name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -130,20 +360,21 @@ class Report:
         except Exception as e:
             result = {"status": "failed", **error_text(e)}
         result["seconds"] = round(time.perf_counter() - t0, 2)
-        self.data["parts"][name] = result
+        self.data["steps"][name] = result
         self.save()
         note = result.get("reason") or result.get("error") or ""
-        print(f"[{result['status']:>7}] {name} ({result['seconds']} s) {note}", flush=True)
+        print(f"[{result['status']:>7}] {name} ({result['seconds']} s) {note[:300]}", flush=True)
         return result
 
     def save(self) -> None:
         from leukedge.io import atomic_write_json
 
         self.data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.data["elapsed_s"] = round(self.clock.elapsed(), 1)
         atomic_write_json(self.path, self.data)
 
 
-# ---------------------------------------------------------------- environment
+# ---------------------------------------------------------------- steps
 
 
 def environment() -> dict[str, Any]:
@@ -152,9 +383,7 @@ def environment() -> dict[str, Any]:
     env: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "machine": platform.machine(),
         "leukedge": leukedge.__version__,
-        "numpy": np.__version__,
         "packages": {
             d: version_of(d)
             for d in (
@@ -164,63 +393,40 @@ def environment() -> dict[str, Any]:
                 "onnxruntime",
                 "onnxruntime-gpu",
                 "tensorrt",
+                "tensorrt-cu12",
+                "tensorrt-cu13",
                 "cuda-python",
                 "cuda-bindings",
                 "pycuda",
             )
         },
-        "nvidia_smi": nvidia_smi(),
     }
-    env["torch_cuda"] = torch_cuda_info()
-    env["onnxruntime_providers"] = ort_providers()
-    try:
-        from leukedge.runtime.backends.gpu import gpu_info, trt_available
+    from leukedge.machine import nvidia_gpus
 
-        gpu = gpu_info()
-        env["gpu"] = None if gpu is None else gpu.__dict__
-        ok, reason = trt_available()
-        env["tensorrt"] = {"available": ok, "reason": reason}
-    except Exception as e:
-        env["tensorrt"] = {"available": False, **error_text(e)}
-    return env
-
-
-def nvidia_smi() -> str | None:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    query = "name,compute_cap,driver_version,memory.total,power.limit"
-    cmd = [exe, f"--query-gpu={query}", "--format=csv,noheader"]
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"{type(e).__name__}: {e}"
-
-
-def torch_cuda_info() -> dict[str, Any] | None:
+    env["nvidia_smi"] = nvidia_gpus()
     try:
         import torch
+
+        env["torch_cuda"] = {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "available": torch.cuda.is_available(),
+        }
     except ImportError:
-        return None
-    info: dict[str, Any] = {"version": torch.__version__, "cuda": torch.version.cuda}
-    info["available"] = torch.cuda.is_available()
-    if info["available"]:
-        info["device"] = torch.cuda.get_device_name(0)
-        info["capability"] = list(torch.cuda.get_device_capability(0))
-        info["cudnn"] = torch.backends.cudnn.version()
-        info["bf16"] = torch.cuda.is_bf16_supported()
-    return info
-
-
-def ort_providers() -> list[str] | None:
+        env["torch_cuda"] = None
     try:
         import onnxruntime as ort
+
+        env["onnxruntime_providers"] = list(ort.get_available_providers())
     except ImportError:
-        return None
-    return list(ort.get_available_providers())
+        env["onnxruntime_providers"] = None
+    from leukedge.runtime.backends.gpu import gpu_info, trt_available
 
-
-# ---------------------------------------------------------------- CUDA adapter
+    gpu = gpu_info()
+    env["gpu"] = None if gpu is None else asdict(gpu)
+    ok, reason = trt_available()
+    env["tensorrt"] = {"available": ok, "reason": reason}
+    return env
 
 
 def cuda_binding() -> dict[str, Any]:
@@ -254,11 +460,8 @@ def exercise_cuda(api: Any) -> dict[str, Any]:
         api.event_record(end, stream)
         api.stream_synchronize(stream)
         ms = api.event_elapsed_ms(start, end)
-        half = n // 2
-        api.memcpy_dtoh_async(dst[:half], dev, stream)  # a partial view, as batches use
-        api.stream_synchronize(stream)
         return {
-            "device": info.__dict__,
+            "device": asdict(info),
             "roundtrip_ok": bool(np.array_equal(src, dst)),
             "roundtrip_ms_64MiB_each_way": round(ms, 3),
             "h2d_d2h_GBps": round(2 * src.nbytes / (ms * 1e-3) / 1e9, 2),
@@ -272,316 +475,97 @@ def exercise_cuda(api: Any) -> dict[str, Any]:
         api.stream_destroy(stream)
 
 
-# ---------------------------------------------------------------- training with AMP
+def make_data(plan: Plan, clock: Clock, work: Path) -> dict[str, Any]:
+    out = work / "synth"
+    result = checked(run_cmd(synth_cmd(plan, out), clock.allow("data", 5)), "data synth")
+    return {**result, "data": str(out / "cells")}
 
 
-def train_amp(models: list[str], size: int, batch: int, steps: int) -> dict[str, Any]:
-    try:
-        import torch
-    except ImportError as e:
-        raise Skip("torch is not installed (pip install 'leukedge[train]')") from e
-    if not torch.cuda.is_available():
-        cuda = torch.version.cuda
-        raise Skip(f"torch {torch.__version__} sees no CUDA device (built for CUDA {cuda})")
-    out: dict[str, Any] = {"batch": batch, "size": size, "amp_dtype": "float16", "models": {}}
-    for arch in models:
-        try:
-            out["models"][arch] = amp_steps(arch, size, batch, steps)
-        except Exception as e:
-            out["models"][arch] = {"status": "failed", **error_text(e)}
-        finally:
-            torch.cuda.empty_cache()
-    return out
-
-
-def amp_steps(arch: str, size: int, batch: int, steps: int) -> dict[str, Any]:
-    """Optimizer steps under fp16 autocast with a GradScaler, as the training loop does on CUDA."""
-    import torch
-    import torch.nn.functional as F
-
-    from leukedge.train.models import build_model, count_parameters
-
-    torch.manual_seed(0)
-    model = build_model(arch, 2, size).cuda().train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda")
-    x = torch.randn(batch, 3, size, size, device="cuda")
-    y = torch.randint(0, 2, (batch,), device="cuda")
-    torch.cuda.reset_peak_memory_stats()
-    losses, times = [], []
-    for i in range(steps + 2):  # the first two steps warm up cuDNN and the allocator
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        with torch.autocast("cuda", dtype=torch.float16):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        end.record()
-        torch.cuda.synchronize()
-        if i >= 2:
-            times.append(start.elapsed_time(end))
-        losses.append(float(loss))
-    result = {
-        "status": "ok",
-        "parameters": count_parameters(model),
-        "step": percentiles(times),
-        "images_per_s": round(batch / (float(np.median(times)) / 1e3), 1),
-        "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
-        "losses_finite": bool(np.all(np.isfinite(losses))),
-        "grad_scale": float(scaler.get_scale()),
-        "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
-    }
-    del model, opt
-    return result
-
-
-# ---------------------------------------------------------------- ONNX files
-
-
-def onnx_models(
-    run: str | None, models: list[str], size: int, work: Path, quick: bool
-) -> dict[str, Any]:
-    if run:
-        files = sorted((Path(run) / "export").glob("model.*.onnx"))
-        if not files:
-            raise Skip(f"{run}/export has no model.*.onnx")
-        return {"source": run, "files": [{"path": str(p), "arch": "run"} for p in files]}
-    try:
-        import torch  # noqa: F401
-    except ImportError as e:
-        raise Skip("torch is not installed and no --run was given") from e
-    files: list[dict[str, Any]] = []
-    errors: dict[str, Any] = {}
-    for arch in models:
-        run_dir = work / arch
-        try:
-            fp32 = export_fp32(arch, size, run_dir)
-            files.append({"path": str(fp32), "arch": arch})
-        except Exception as e:
-            errors[f"{arch}/fp32"] = error_text(e)
-            continue
-        for precision, convert in (("fp16", to_fp16), ("int8", to_int8)):
-            if precision == "int8" and (quick or arch not in INT8_MODELS):
-                continue
-            try:
-                path = convert(fp32, run_dir / "export" / f"model.{precision}.onnx", size)
-                files.append({"path": str(path), "arch": arch})
-            except Exception as e:
-                errors[f"{arch}/{precision}"] = error_text(e)
-    if not files:
-        raise RuntimeError(f"no ONNX file could be made: {json.dumps(errors)[:2000]}")
-    return {"source": "exported here from untrained models", "files": files, "errors": errors}
-
-
-def export_fp32(arch: str, size: int, run_dir: Path) -> Path:
-    """An untrained model as ``run_dir/export/model.fp32.onnx`` with its ModelSpec embedded."""
-    import torch
-
-    from leukedge.spec import ModelSpec
-    from leukedge.train.models import build_model, timm_name
-
-    spec = ModelSpec(arch=arch, backbone=timm_name(arch), input_size=size)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    spec.save(run_dir / "spec.json")
-    model = build_model(arch, spec.num_classes, size).eval()
-    x = torch.zeros(1, 3, size, size)
-    path = run_dir / "export" / "model.fp32.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    except Exception:  # the TorchScript exporter is gone: use torch.export
-        batch = torch.export.Dim("N", min=1, max=256)
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_shapes=({0: batch},),
-            dynamo=True,
-        )
-    embed_spec(path, spec)
-    return path
-
-
-def embed_spec(path: Path, spec: Any) -> None:
-    import onnx
-
-    from leukedge.io import atomic_path
-    from leukedge.spec import ONNX_METADATA_KEY
-
-    model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: spec.to_json()})
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
-
-
-def to_fp16(fp32: Path, out: Path, size: int) -> Path:
-    """FP16 weights and compute, fp32 inputs and outputs (ONNX Runtime's converter)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    from leukedge.io import atomic_path
-
-    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
-    with atomic_path(out) as tmp:
-        onnx.save(model, str(tmp))
-    return out
-
-
-def to_int8(fp32: Path, out: Path, size: int) -> Path:
-    """INT8 Q/DQ, per-channel weights, MinMax calibration on 16 synthetic images."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
+def train(plan: Plan, clock: Clock, arch: str, data: Path, run: Path) -> dict[str, Any]:
+    result = checked(run_cmd(train_cmd(plan, arch, data, run), clock.allow("train", 20)), "train")
+    config = json.loads((run / "config.json").read_text())
+    metrics = (
+        json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     )
-
-    from leukedge.io import atomic_path
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input": images(4, size, seed=s)} for s in range(4)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
-    with atomic_path(out) as tmp:
-        quantize_static(
-            str(fp32),
-            str(tmp),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-    return out
+    return {
+        **result,
+        "device": config.get("device"),
+        "amp": config.get("amp"),
+        "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
+    }
 
 
-def onnx_paths(onnx_part: dict[str, Any]) -> list[Path]:
-    if onnx_part.get("status") != "ok":
-        raise Skip(
-            f"no ONNX files (onnx_models: {onnx_part.get('reason') or onnx_part.get('error')})"
-        )
-    return [Path(f["path"]) for f in onnx_part["files"]]
+def export(clock: Clock, run: Path) -> dict[str, Any]:
+    result = checked(run_cmd(export_cmd(run), clock.allow("export", 20)), "export")
+    record = json.loads((run / "export" / "export.json").read_text())
+    files = {
+        p: {
+            "mb": round(e.get("size_bytes", 0) / 1e6, 2),
+            "parity_vs_torch": (e.get("parity") or {}).get("agreement"),
+        }
+        for p, e in (record.get("files") or {}).items()
+    }
+    return {**result, "files": files, "warnings": record.get("warnings", [])}
 
 
-# ---------------------------------------------------------------- ONNX Runtime CUDA EP
-
-
-def ort_cuda(onnx_part: dict[str, Any], size: int, quick: bool) -> dict[str, Any]:
-    paths = onnx_paths(onnx_part)
-    providers = ort_providers() or []
-    if "CUDAExecutionProvider" not in providers:
-        raise Skip(
-            f"onnxruntime has no CUDAExecutionProvider (has {providers}); install onnxruntime-gpu"
-        )
-    from leukedge.runtime.backends.ort import OrtBackend
-
-    out: dict[str, Any] = {}
-    for path in paths:
-        key = f"{path.parent.parent.name}/{path.name}"
-        try:
-            out[key] = ort_cuda_one(OrtBackend, path, quick)
-        except Exception as e:
-            out[key] = {"status": "failed", **error_text(e)}
-    return {"models": out}
-
-
-def ort_cuda_one(OrtBackend: Any, path: Path, quick: bool) -> dict[str, Any]:
-    gpu, cpu = OrtBackend(path, device="cuda"), OrtBackend(path, device="cpu")
-    x = images(16 if quick else 64, gpu.spec.input_size)
-    result = {"status": "ok", "provider": gpu.provider}
-    result["parity_vs_ort_cpu"] = parity(cpu.infer(x), gpu.infer(x))
-    one, big = x[:1], x[:32]
-    result["batch1"] = percentiles(time_calls(lambda: gpu.infer(one), 50 if quick else 200))
-    t = time_calls(lambda: gpu.infer(big), 10 if quick else 30)
-    result["batch32_images_per_s"] = round(32 / (float(np.median(t)) / 1e3), 1)
-    gpu.close()
-    cpu.close()
-    return result
-
-
-# ---------------------------------------------------------------- TensorRT
-
-
-def tensorrt(onnx_part: dict[str, Any], work: Path, quick: bool) -> dict[str, Any]:
+def build_engines(clock: Clock, run: Path) -> dict[str, Any]:
     from leukedge.runtime.backends.gpu import trt_available
 
-    ok, reason = trt_available()
+    ok, why = trt_available()
     if not ok:
-        raise Skip(reason)
-    paths = onnx_paths(onnx_part)
-    out: dict[str, Any] = {"target": reason, "models": {}}
-    first_engine = None
-    for path in paths:
-        key = f"{path.parent.parent.name}/{path.name}"
-        try:
-            out["models"][key], engine = trt_one(path, work / "engines", quick)
-            first_engine = first_engine or engine
-        except Exception as e:
-            out["models"][key] = {"status": "failed", **error_text(e)}
-    if first_engine is not None:
-        out["mismatch_refusal"] = mismatch_refusal(first_engine, work / "mismatch")
-    return out
+        raise Skip(why)
+    result = run_cmd(build_cmd(run), clock.allow("build-engine", 30))
+    engines = engine_summaries(run)
+    if result["rc"] != 0 and not engines:
+        raise RuntimeError(f"build-engine exited {result['rc']}: {result['output_tail'][-1200:]}")
+    return {**result, "engines": engines}
 
 
-def trt_one(path: Path, engines: Path, quick: bool) -> tuple[dict[str, Any], Path]:
-    from leukedge.export.tensorrt import build_engine
-    from leukedge.runtime.backends.ort import OrtBackend
-    from leukedge.runtime.backends.trt import TrtBackend
-
-    log: list[str] = []
-    t0 = time.perf_counter()
-    built = build_engine(path, out_dir=engines, max_batch=32, log=log.append)
-    build_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    again = build_engine(path, out_dir=engines, max_batch=32, log=log.append)
-    result: dict[str, Any] = {
-        "status": "ok",
-        "engine": str(built.engine_path),
-        "build_s": round(build_s, 2),
-        "engine_mib": round(built.sidecar.engine_bytes / 2**20, 2),
-        "cache_hit_on_second_build": again.reused,
-        "cache_check_s": round(time.perf_counter() - t0, 3),
-        "timing_cache_bytes": built.timing_cache.stat().st_size if built.timing_cache else None,
-        "log": log[-6:],
+def bench(plan: Plan, clock: Clock, run: Path, out: Path) -> dict[str, Any]:
+    folder = out / "bench" / run.name
+    result = run_cmd(bench_cmd(plan, run, folder), clock.allow("bench", 20))
+    report_path = folder / "report.json"
+    if not report_path.is_file():
+        raise RuntimeError(
+            f"bench exited {result['rc']} without a report: {result['output_tail'][-1200:]}"
+        )
+    return {
+        **result,
+        "report": str(report_path),
+        **bench_summary(json.loads(report_path.read_text())),
     }
-    cpu = OrtBackend(path, device="cpu")
-    with TrtBackend(built.engine_path) as trt:
-        x = images(16 if quick else 64, trt.spec.input_size)
-        reference = np.concatenate([cpu.infer(x[i : i + 32]) for i in range(0, len(x), 32)])
-        got = np.concatenate([trt.infer(x[i : i + 32]) for i in range(0, len(x), 32)])
-        result["parity_vs_ort_cpu"] = parity(reference, got)
-        one, big = x[:1], x[:32]
-        device_ms: list[float] = []
 
-        def batch1() -> None:
-            trt.infer(one)
-            device_ms.append(trt.last_device_ms or 0.0)
 
-        result["batch1_wall"] = percentiles(time_calls(batch1, 50 if quick else 300))
-        result["batch1_device"] = percentiles(device_ms[5:])
-        t = time_calls(lambda: trt.infer(big), 10 if quick else 50)
-        result["batch32_images_per_s"] = round(32 / (float(np.median(t)) / 1e3), 1)
-        result["batch32_device_ms"] = round(trt.last_device_ms or 0.0, 4)
-    cpu.close()
-    return result, built.engine_path
+def trt_backend(plan: Plan, clock: Clock, run: Path, work: Path) -> dict[str, Any]:
+    """Batch-1 latency plain and with a CUDA graph (same outputs); a mismatched engine refused."""
+    from leukedge.runtime.backends.gpu import trt_available
+    from leukedge.runtime.backends.trt import TrtBackend, find_engine
+
+    ok, why = trt_available()
+    if not ok:
+        raise Skip(why)
+    clock.allow("trt_backend", 10)
+    engine = find_engine(run, "fp16")
+    x = np.random.default_rng(0).normal(size=(1, 3, plan.size, plan.size)).astype(np.float32)
+    out: dict[str, Any] = {"engine": str(engine)}
+    outputs = {}
+    for graph in (False, True):
+        with TrtBackend(engine, cuda_graph=graph) as backend:
+            for _ in range(10):
+                backend.infer(x)
+            host, device = [], []
+            for _ in range(plan.graph_iters):
+                t0 = time.perf_counter()
+                outputs[graph] = backend.infer(x)
+                host.append((time.perf_counter() - t0) * 1e3)
+                device.append(backend.last_device_ms or 0.0)
+            key = "cuda_graph" if graph else "plain"
+            out[key] = {"host": percentiles(host), "device": percentiles(device)}
+            if graph:
+                out[key]["error"] = backend.cuda_graph_error
+    out["graph_matches_plain"] = bool(np.allclose(outputs[True], outputs[False], atol=1e-3))
+    out["mismatch_refusal"] = mismatch_refusal(engine, work / "mismatch")
+    return out
 
 
 def mismatch_refusal(engine: Path, folder: Path) -> dict[str, Any]:
@@ -624,37 +608,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--out", help="folder for gpu_check.json (default: $OUT, else benchmarks/results)"
     )
-    p.add_argument("--run", help="a run dir whose export/model.*.onnx to use instead of exporting")
     p.add_argument(
-        "--models", default=",".join(MODELS), help="comma-separated: cnn,resnet50,vit-hybrid"
+        "--models", help=f"comma list of {', '.join(MODELS)} (default: all; --quick: cnn)"
     )
-    p.add_argument("--size", type=int, default=224, help="input size in pixels (default 224)")
-    p.add_argument("--batch", type=int, default=32, help="training batch (default 32)")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per model")
-    p.add_argument("--work", help="scratch folder (default: a new temp folder)")
-    p.add_argument("--quick", action="store_true", help="cnn only, fewer iterations, no INT8")
+    p.add_argument("--size", type=int, help="input size in pixels (default 128; --quick: 64)")
+    p.add_argument("--budget-s", type=float, help="time budget in s (default 450; --quick: 170)")
+    p.add_argument("--work", help="scratch folder (default: a new temp folder, removed after)")
+    p.add_argument("--quick", action="store_true", help="the CNN only, at 64 px, in ~3 minutes")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    models = ["cnn"] if args.quick else [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        plan = make_plan(args.quick, args.models, args.size, args.budget_s)
+    except ValueError as e:
+        print(f"gpu_check: {e}", file=sys.stderr)
+        return 2
+    ok, why = gpu_present()
+    if not ok:
+        print(
+            f"gpu_check: no CUDA GPU: {why}. It runs leukedge's CUDA paths (AMP training, "
+            "ONNX Runtime CUDA, TensorRT engines) and needs an NVIDIA GPU with its driver.",
+            file=sys.stderr,
+        )
+        return NO_GPU_EXIT
+    clock = Clock(plan.budget_s)
     scratch = None if args.work else tempfile.mkdtemp(prefix="leukedge-gpu-check-")
     work = Path(args.work or scratch)
-    report = Report(out_dir(args.out) / "gpu_check.json", args)
-    report.data["work"] = str(work)
+    out = out_dir(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(out / "gpu_check.json", args, plan, clock)
+    report.data.update(work=str(work), gpu=why)
     report.run("environment", environment)
     report.run("cuda_binding", cuda_binding)
-    report.run("train_amp", train_amp, models, args.size, args.batch, args.steps)
-    onnx_part = report.run(
-        "onnx_models", onnx_models, args.run, models, args.size, work, args.quick
-    )
-    report.run("ort_cuda", ort_cuda, onnx_part, args.size, args.quick)
-    report.run("tensorrt", tensorrt, onnx_part, work, args.quick)
+    data = report.run("data", make_data, plan, clock, work)
+    for arch in plan.models:
+        run = work / "runs" / arch
+        if data["status"] != "ok":
+            break
+        trained = report.run(f"{arch}/train", train, plan, clock, arch, Path(data["data"]), run)
+        if trained["status"] != "ok":
+            continue
+        exported = report.run(f"{arch}/export", export, clock, run)
+        if exported["status"] != "ok":
+            continue
+        report.run(f"{arch}/build_engine", build_engines, clock, run)
+        report.run(f"{arch}/bench", bench, plan, clock, run, out)
+        report.run(f"{arch}/trt_backend", trt_backend, plan, clock, run, work)
     if scratch:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"wrote {report.path}")
-    failed = [k for k, v in report.data["parts"].items() if v["status"] == "failed"]
+    print(f"wrote {report.path} ({clock.elapsed():.0f} s)")
+    failed = [k for k, v in report.data["steps"].items() if v["status"] == "failed"]
     return 1 if failed else 0
 
 

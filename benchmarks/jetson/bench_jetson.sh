@@ -11,6 +11,8 @@
 #   JETSON_CLOCKS=1      run `sudo jetson_clocks` first (fixed maximum clocks; recorded)
 #   BACKENDS=...         default ort-fp32,trt-fp32,trt-fp16,trt-int8
 #   PRECISIONS=...       engines to build, default fp16,int8,fp32
+#   DLA_CORE=N           also build fp16/int8 engines for DLA core N (static batch 1; Orin
+#                        AGX/NX); bench them with BACKENDS naming the run's .dla engines by hand
 #   BENCH_ARGS="..."     extra arguments for benchmarks/bench_suite.py (e.g. "--iters 100")
 set -euo pipefail
 
@@ -23,7 +25,7 @@ RUNS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) DATA_ARGS=(--data "$2"); shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) RUNS+=("$1"); shift ;;
   esac
 done
@@ -76,8 +78,20 @@ elif ! "$PY" -c 'import onnxruntime' 2>/dev/null; then
   echo "note: ORT_WHEEL not given: installing PyPI onnxruntime (CPU-only on aarch64)."
   "$PY" -m pip install --quiet onnxruntime
 fi
-# The TensorRT backend moves buffers with cuda-python (JetPack 6 is CUDA 12).
-"$PY" -c 'import cuda' 2>/dev/null || "$PY" -m pip install --quiet 'cuda-python>=12,<13'
+# The TensorRT backend moves buffers with cuda-python (JetPack 6 is CUDA 12). `import cuda`
+# alone proves nothing (any `cuda` namespace package passes): ask for the runtime module
+# leukedge uses (cuda.bindings.runtime, cuda.cudart before cuda-python 12.6) or pycuda.
+"$PY" - <<'PY' 2>/dev/null || "$PY" -m pip install --quiet 'cuda-python>=12,<13'
+try:
+    from cuda.bindings import runtime  # noqa: F401
+except ImportError:
+    try:
+        from cuda import cudart  # noqa: F401
+    except ImportError:
+        import pycuda.driver  # noqa: F401
+PY
+"$PY" -c 'from leukedge.runtime.backends.cuda_mem import device_info; print(device_info())' \
+  || die "no usable CUDA binding in $VENV (see the message above)"
 "$PY" - <<'PY' || die "a pip OpenCV in $VENV shadows the system one: $VENV/bin/pip uninstall opencv-python-headless opencv-python"
 import sys
 import cv2, numpy, onnxruntime
@@ -102,9 +116,16 @@ say "power mode (recorded in $OUT/power_mode.txt)"
   fi
 } | tee "$OUT/power_mode.txt"
 
+# build-engine reports every precision and exits 1 when one failed: bench what was built.
 for run in "${RUNS[@]}"; do
-  say "TensorRT engines for $run ($PRECISIONS)"
-  "$VENV/bin/leukedge" build-engine "$run" --precision "$PRECISIONS"
+  say "TensorRT engines for $run ($PRECISIONS; parity on the validation images)"
+  "$VENV/bin/leukedge" build-engine "$run" --precision "$PRECISIONS" "${DATA_ARGS[@]}" \
+    || echo "note: not every engine of $run was built (see above); benching the others"
+  if [ -n "${DLA_CORE:-}" ]; then
+    say "DLA core $DLA_CORE engines for $run (fp16,int8, static batch 1)"
+    "$VENV/bin/leukedge" build-engine "$run" --precision fp16,int8 --dla-core "$DLA_CORE" \
+      "${DATA_ARGS[@]}" || echo "note: a DLA engine of $run was not built (see above)"
+  fi
 done
 
 say "bench (no PyTorch here: the reference is ort-fp32)"

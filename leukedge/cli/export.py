@@ -104,52 +104,139 @@ def build_engine(
     precision: str | None = typer.Option(
         None, help="Comma list of fp16, int8, fp32 (default: every exported one)."
     ),
-    max_batch: int = typer.Option(
-        32, help="Largest batch of the optimization profile (min 1, opt 8)."
+    max_batch: int | None = typer.Option(
+        None, help="Largest batch of the optimization profile (default 32; min 1)."
+    ),
+    opt_batch: int | None = typer.Option(
+        None, help="Batch size TensorRT tunes for (default min(8, --max-batch))."
+    ),
+    batch: int | None = typer.Option(
+        None,
+        help="A static engine for exactly this batch (min = opt = max); DLA needs one "
+        "(default 1 with --dla-core).",
     ),
     workspace_mb: int | None = typer.Option(None, help="Builder workspace limit in MiB."),
     dla_core: int | None = typer.Option(
-        None, help="Build for this DLA core (Jetson AGX/NX), GPU fallback on."
+        None,
+        help="Build for this DLA core (Jetson AGX/NX Orin, Xavier): FP16/INT8 only, static "
+        "shape, GPU fallback for what DLA cannot run.",
+    ),
+    tf32: bool = typer.Option(
+        False, "--tf32", help="Allow TF32 in fp32 layers (off: an fp32 engine computes in fp32)."
+    ),
+    builder_optimization_level: int | None = typer.Option(
+        None, help="0..5, TensorRT's default 3: higher builds longer for faster engines."
     ),
     out: Path | None = typer.Option(None, help="Engines root (default: RUN/engines)."),
     force: bool = typer.Option(
         False, "--force", help="Rebuild even when a matching engine is cached."
     ),
-    verbose: bool = typer.Option(False, "--verbose", help="TensorRT's verbose log."),
+    timing_cache: str = typer.Option(
+        "auto", help="The run's timing cache: auto (beside the engines), none, or a file."
+    ),
+    shared_timing_cache: str = typer.Option(
+        "auto",
+        help="This machine's timing cache: auto (~/.cache/leukedge/tensorrt/<target>/, "
+        "$LEUKEDGE_CACHE_DIR), none, or a file.",
+    ),
+    parity: bool = typer.Option(
+        True, "--parity/--no-parity", help="Run each new engine on the validation images."
+    ),
+    parity_images: int | None = typer.Option(
+        None, help="Measure parity on N validation images (stratified); default all."
+    ),
+    data: Path | None = typer.Option(None, help="The run's data, if it moved since training."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="TensorRT's verbose log in the build log file."
+    ),
 ) -> None:
     """Build TensorRT engines from the exported ONNX, on the device that will run them.
 
     Precision lives in the ONNX graph (FP16 weights, INT8 Q/DQ): engines are built strongly
     typed, cached by (TensorRT version, GPU, precision, ONNX sha256, flags) under
-    engines/<trt>_<gpu>_sm<cc>/ with a sidecar JSON, and reused when nothing changed.
+    engines/<trt>_<gpu>_sm<cc>/ with a sidecar JSON and TensorRT's build log, and reused when
+    nothing changed. Each new engine runs on the validation images against ONNX Runtime fp32;
+    one that fails its parity budget is kept but left out of --backend auto. A precision that
+    fails does not stop the others; the exit code is 1 when any failed.
     Example (on a Jetson): leukedge build-engine runs/r50 --precision fp16,int8 --max-batch 16
     """
     from leukedge.export.tensorrt import build_engines
-    from leukedge.runtime.backends.engine_plan import EngineBuildError
+    from leukedge.runtime.backends.engine_plan import BuildFlags, EngineBuildError
 
     try:
-        results = build_engines(
+        flags = BuildFlags.create(
+            max_batch, workspace_mb, dla_core, opt_batch, batch, tf32, builder_optimization_level
+        )
+        outcomes = build_engines(
             target,
             _split_list(precision),
-            max_batch,
-            workspace_mb,
-            dla_core,
-            out,
-            force,
-            log=lambda m: err_console.print(m),
+            out=out,
+            force=force,
+            timing_cache=timing_cache,
+            log=lambda m: err_console.print(escape(m)),
             verbose=verbose,
+            flags=flags,
+            shared_timing_cache=shared_timing_cache,
+            parity=parity,
+            parity_images=parity_images,
+            data=data,
         )
     except (EngineBuildError, ValueError) as e:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
+    console.print(_engines_table(outcomes))
+    for line in _engine_notes(outcomes):
+        console.print(line)
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _engines_table(outcomes: list[Any]) -> Table:
     table = Table(title="TensorRT engines")
-    for col in ("precision", "engine", "status", "build s"):
+    for col in ("precision", "status", "engine", "build s", "parity vs ONNX Runtime"):
         table.add_column(col)
-    for r in results:
+    for o in outcomes:
+        r = o.result
         table.add_row(
-            r.sidecar.precision,
-            str(r.engine_path),
-            "reused" if r.reused else "built",
-            fmt(r.sidecar.build_seconds, 1),
+            o.precision,
+            o.status,
+            escape(str(r.engine_path)) if r else "(below)",
+            fmt(r.sidecar.build_seconds, 1) if r and not r.reused else "-",
+            _parity_cell(r.sidecar.parity) if r else "-",
         )
-    console.print(table)
+    return table
+
+
+def _parity_cell(parity: dict[str, Any] | None) -> str:
+    if not parity or not parity.get("measured"):
+        return "not measured"
+    status = parity["verdict"]["status"]
+    mark = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]"}.get(status, status)
+    return f"{mark}: agreement {parity['agreement']:.4f}, max |Δ| {parity['max_abs_diff']:.2g}"
+
+
+def _engine_notes(outcomes: list[Any]) -> list[str]:
+    """Why an engine is left out of --backend auto, DLA placement, failures, the build logs."""
+    notes = []
+    for o in outcomes:
+        r = o.result
+        if o.status == "failed":
+            notes.append(f"[bold red]{o.precision} failed:[/] {escape(o.message)}")
+            continue
+        if r is None:
+            notes.append(f"[yellow]{o.precision} skipped:[/] {escape(o.message)}")
+            continue
+        side = r.sidecar
+        if side.parity_failed:
+            notes.append(
+                f"[yellow]{o.precision}: left out of --backend auto[/], its parity against "
+                f"ONNX Runtime failed the budget ({escape('; '.join(side.parity_failed))}); "
+                f"run it by name with --backend trt-{o.precision}"
+            )
+        elif side.parity and not side.parity.get("measured"):
+            notes.append(f"{o.precision}: parity not measured: {escape(side.parity['reason'])}")
+        for w in side.warnings:
+            notes.append(f"[yellow]{o.precision}:[/] {escape(w)}")
+        if r.build_log is not None and not r.reused:
+            notes.append(f"{o.precision}: TensorRT build log {escape(str(r.build_log))}")
+    return notes

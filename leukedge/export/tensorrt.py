@@ -4,44 +4,59 @@ Precision lives in the ONNX graph (``model.fp16.onnx``, ``model.int8.onnx`` with
 Q/DQ nodes), so every engine is built from a strongly typed network and no
 precision builder flag is ever set: the same code works on TensorRT 10 (JetPack
 6.x ships 10.3) and on TensorRT 11, which removed ``BuilderFlag.FP16/INT8``, the
-INT8 calibrators and ``EXPLICIT_BATCH``.
+INT8 calibrators and ``EXPLICIT_BATCH``. TF32 is cleared unless asked for, so an
+fp32 engine computes in fp32.
 
-The calls into TensorRT are few and thin; cache keys, names, shapes and the
-sidecar come from :mod:`leukedge.runtime.backends.engine_plan`.
+What a trtexec user expects comes with each build: TensorRT's log in a file next
+to the engine, timing caches (the run's own and one per machine, TensorRT version
+and GPU), the DLA layer placement, and the engine's parity against ONNX Runtime on
+the validation images recorded in its sidecar (as Polygraphy compares runners).
+Cache keys, names, shapes and the sidecar come from
+:mod:`leukedge.runtime.backends.engine_plan`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import numpy as np
 
 import leukedge
 from leukedge.artifacts import (
     ENGINE_AUTO_ORDER,
     PRECISIONS,
     SPEC_FILE,
+    artifact,
     engines_root,
     export_dir_of,
+    is_run_dir,
     onnx_name,
     run_dir_of_export,
 )
 from leukedge.io import atomic_write_bytes, sha256_file
 from leukedge.runtime.backends.engine_plan import (
+    DLA_NOTE,
     BuildFlags,
     EngineBuildError,
     EngineKey,
     EngineSidecar,
     ProfileShapes,
+    build_log_path_for,
     default_engines_root,
+    layer_placement,
+    machine_timing_cache_path,
     onnx_precision,
-    profile_shapes,
+    placement_warnings,
+    profile_for,
     reuse_decision,
     sidecar_path_for,
     timing_cache_path,
@@ -51,6 +66,7 @@ from leukedge.spec import ModelSpec, SpecError
 
 DEFAULT_PRECISIONS = ENGINE_AUTO_ORDER  # the fastest-first order --backend auto tries
 AUTO = "auto"
+PARITY_SPLIT = "val"
 
 Log = Callable[[str], None]
 
@@ -59,7 +75,7 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------- one engine
+# ---------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
@@ -69,17 +85,154 @@ class BuildResult:
     sidecar: EngineSidecar
     reused: bool  # True: a cached engine with the same key was kept
     reason: str
-    timing_cache: Path | None
+    timing_cache: Path | None  # the run's own
+    shared_timing_cache: Path | None = None  # the machine's, per TensorRT version and GPU
 
     @property
     def precision(self) -> str:
         return self.sidecar.precision
 
+    @property
+    def build_log(self) -> Path | None:
+        log = self.sidecar.build_log
+        return self.engine_path.with_name(log) if log else None
+
+
+@dataclass(frozen=True)
+class PrecisionOutcome:
+    """What ``build-engine`` did for one precision: built, reused, failed or skipped."""
+
+    precision: str
+    onnx_path: Path | None
+    status: str  # "built" | "reused" | "failed" | "skipped"
+    message: str
+    result: BuildResult | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("built", "reused")
+
+
+# ---------------------------------------------------------------- validation images
+
+
+@dataclass
+class ValidationImages:
+    """The run's validation images, preprocessed once, and ONNX Runtime's logits on them."""
+
+    x: np.ndarray
+    labels: np.ndarray | None
+    source: str
+    _reference: dict[Path, np.ndarray] = field(default_factory=dict)
+
+    def get(self, spec: ModelSpec, onnx_path: Path) -> tuple[ValidationImages | None, str]:
+        return self, ""
+
+    def reference(self, onnx_path: Path, spec: ModelSpec) -> np.ndarray:
+        """ONNX Runtime fp32 on CPU: the same runtime code that serves the file elsewhere."""
+        if onnx_path not in self._reference:
+            from leukedge.export.parity import onnx_logits
+
+            self._reference[onnx_path] = onnx_logits(onnx_path, self.x, spec)
+        return self._reference[onnx_path]
+
+
+def validation_images(
+    run_dir: Path, spec: ModelSpec, data: str | Path | None = None, limit: int | None = None
+) -> tuple[ValidationImages | None, str]:
+    """The validation split of ``run_dir`` (``limit`` images, stratified), or why there is none."""
+    from leukedge.data.arrays import load_image_set, stratified_subset
+    from leukedge.data.records import DatasetError
+    from leukedge.rundir import RunDir, RunDirError
+
+    try:
+        dataset, split = RunDir(run_dir).dataset_and_split(data)
+    except (RunDirError, DatasetError, OSError) as e:
+        return None, f"no validation images ({e}); pass --data if the data moved"
+    records = split.records(dataset, PARITY_SPLIT)
+    if limit:
+        records = stratified_subset(records, limit)
+    if not records:
+        return None, "the validation split is empty"
+    images = load_image_set(records, spec)
+    if not len(images):
+        return None, f"none of the {len(records)} validation images could be read"
+    source = f"{len(images)} {PARITY_SPLIT} images of {run_dir}"
+    return ValidationImages(images.x, images.labels, source), ""
+
+
+class RunImages:
+    """A run's validation images, read on first need (a reused engine needs none)."""
+
+    def __init__(self, target: Path, data: str | Path | None, limit: int | None) -> None:
+        self.target, self.data, self.limit = target, data, limit
+        self._loaded: tuple[ValidationImages | None, str] | None = None
+
+    def get(self, spec: ModelSpec, onnx_path: Path) -> tuple[ValidationImages | None, str]:
+        if self._loaded is None:
+            target = self.target
+            run_dir = target if is_run_dir(target) else run_dir_of_export(onnx_path.parent)
+            if run_dir is None:
+                self._loaded = None, "not in a run dir: no validation split to measure on"
+            else:
+                self._loaded = validation_images(run_dir, spec, self.data, self.limit)
+        return self._loaded
+
+
+def engine_logits(backend: Any, x: np.ndarray) -> np.ndarray:
+    """Logits of a TensorRT backend for any number of images; a static engine gets padded."""
+    step = int(backend.max_batch or len(x))
+    static = backend.min_batch == backend.max_batch
+    outs = []
+    for i in range(0, len(x), step):
+        chunk = x[i : i + step]
+        n = len(chunk)
+        if static and n < step:
+            chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
+        outs.append(backend.infer(chunk)[:n])
+    return np.concatenate(outs)
+
+
+def measure_parity(
+    engine_path: Path,
+    reference_onnx: Path,
+    precision: str,
+    images: ValidationImages,
+    spec: ModelSpec,
+    device: int = 0,
+) -> dict[str, Any]:
+    """The engine against ONNX Runtime fp32 on the same images, judged by ``precision``'s budget."""
+    from leukedge.budgets import Budgets, judge
+    from leukedge.export.parity import compare
+    from leukedge.runtime.backends.trt import TrtBackend
+
+    reference = images.reference(reference_onnx, spec)
+    with TrtBackend(engine_path, device) as backend:
+        got = engine_logits(backend, images.x)
+    parity = compare(reference, got, images.labels, spec)
+    verdict = judge(artifact(precision).budget_key, parity, Budgets())
+    return {
+        "measured": True,
+        "reference": f"onnxruntime fp32 CPU: {reference_onnx.name}",
+        "images": images.source,
+        **parity,
+        "verdict": verdict,
+    }
+
+
+def reference_onnx_for(onnx_path: Path) -> Path:
+    """The fp32 export beside ``onnx_path`` when there is one, else the file itself."""
+    fp32 = onnx_path.with_name(onnx_name("fp32"))
+    return fp32 if fp32.is_file() else onnx_path
+
+
+# ---------------------------------------------------------------- one engine
+
 
 def build_engine(
     onnx_path: str | Path,
     out_dir: str | Path | None = None,
-    max_batch: int = 32,
+    max_batch: int | None = None,
     workspace_mb: int | None = None,
     dla_core: int | None = None,
     timing_cache: str | Path | None = AUTO,
@@ -88,18 +241,31 @@ def build_engine(
     spec: ModelSpec | None = None,
     device: int = 0,
     verbose: bool = False,
+    *,
+    flags: BuildFlags | None = None,
+    shared_timing_cache: str | Path | None = AUTO,
+    images: ValidationImages | RunImages | None = None,
+    no_images_reason: str = "no validation images given",
 ) -> BuildResult:
     """Build (or reuse) the engine of one ``model.<precision>.onnx`` for this GPU.
 
     ``out_dir`` is the engines root (default: ``runs/NAME/engines`` for an ONNX in
     ``runs/NAME/export``); the engine goes to ``<out_dir>/<trt>_<gpu>_sm<cc>/``.
-    ``timing_cache``: ``"auto"`` (shared per TensorRT version and GPU), a path, or None.
+    ``flags`` (else ``max_batch``, ``workspace_mb``, ``dla_core``) set the build.
+    ``timing_cache``: the run's (``"auto"``: beside the engine, a path, or None);
+    ``shared_timing_cache``: the machine's (``"auto"``: under ``~/.cache/leukedge``).
+    With ``images`` the new engine's parity against ONNX Runtime goes into its sidecar.
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise EngineBuildError(f"no ONNX model at {onnx_path} (create it with `leukedge export`)")
-    flags = BuildFlags(max_batch=max_batch, workspace_mb=workspace_mb, dla_core=dla_core)
+    flags = flags or BuildFlags.create(max_batch, workspace_mb, dla_core)
     precision = onnx_precision(onnx_path)
+    if flags.dla_core is not None and not artifact(precision).dla:
+        raise EngineBuildError(
+            f"DLA runs FP16 and INT8 only, {onnx_path.name} is {precision}: build "
+            "model.fp16.onnx or model.int8.onnx for --dla-core, or this one without it"
+        )
     trt, gpu = require_target(device)
     spec = spec or _spec_for(onnx_path)
     root = Path(out_dir) if out_dir is not None else default_engines_root(onnx_path)
@@ -112,23 +278,30 @@ def build_engine(
         flags=flags,
     )
     engine_path = key.engine_path(root)
-    cache = _timing_cache_file(timing_cache, root, key)
+    cache = _cache_file(timing_cache, timing_cache_path(root, *_target(key)))
+    shared = _cache_file(shared_timing_cache, machine_timing_cache_path(*_target(key)))
+    caches = [c for c in (cache, shared) if c is not None]
     if not force:
         decision = reuse_decision(engine_path, key)
         if decision:
             log(f"{engine_path}: {decision.reason}, reusing it")
             sidecar = EngineSidecar.load(sidecar_path_for(engine_path))
             return BuildResult(
-                engine_path, sidecar_path_for(engine_path), sidecar, True, decision.reason, cache
+                engine_path,
+                sidecar_path_for(engine_path),
+                sidecar,
+                True,
+                decision.reason,
+                cache,
+                shared,
             )
         log(f"{engine_path}: building ({decision.reason})")
     else:
         log(f"{engine_path}: building (--force)")
-    shapes = profile_shapes(spec, flags.max_batch)
+    shapes = profile_for(spec, flags)
+    log_path = build_log_path_for(engine_path)
     started = time.perf_counter()
-    plan, shapes, output_name = _build_plan(
-        trt, onnx_path, spec, shapes, flags, cache, log, verbose
-    )
+    built = _build_plan(trt, onnx_path, spec, shapes, flags, caches, log, log_path, verbose)
     seconds = time.perf_counter() - started
     sidecar = EngineSidecar(
         spec=spec,
@@ -139,18 +312,32 @@ def build_engine(
         onnx_path=str(onnx_path),
         onnx_sha256=key.onnx_sha256,
         engine_file=engine_path.name,
-        engine_sha256=hashlib.sha256(plan).hexdigest(),
-        engine_bytes=len(plan),
+        engine_sha256=hashlib.sha256(built.plan).hexdigest(),
+        engine_bytes=len(built.plan),
         build_flags=flags,
-        profile=shapes,
+        profile=built.shapes,
         build_seconds=round(seconds, 3),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         leukedge_version=leukedge.__version__,
-        output_name=output_name,
+        output_name=built.output_name,
+        placement=built.placement,
+        build_log=log_path.name,
+        warnings=list(built.warnings),
     )
-    _write_engine(engine_path, plan, sidecar)
-    log(f"{engine_path}: built in {seconds:.1f} s ({len(plan) / 2**20:.1f} MiB)")
-    return BuildResult(engine_path, sidecar_path_for(engine_path), sidecar, False, "built", cache)
+    _write_engine(engine_path, built.plan, sidecar)
+    log(f"{engine_path}: built in {seconds:.1f} s ({len(built.plan) / 2**20:.1f} MiB)")
+    for w in built.warnings:
+        log(f"warning: {w}")
+    sidecar = _record_parity(
+        engine_path, onnx_path, sidecar, images, no_images_reason, spec, device, log
+    )
+    return BuildResult(
+        engine_path, sidecar_path_for(engine_path), sidecar, False, "built", cache, shared
+    )
+
+
+def _target(key: EngineKey) -> tuple[str, str, str]:
+    return key.trt_version, key.gpu_name, key.compute_capability
 
 
 def _spec_for(onnx_path: Path) -> ModelSpec:
@@ -166,12 +353,10 @@ def _spec_for(onnx_path: Path) -> ModelSpec:
         raise
 
 
-def _timing_cache_file(choice: str | Path | None, root: Path, key: EngineKey) -> Path | None:
-    if choice is None:
+def _cache_file(choice: str | Path | None, auto: Path) -> Path | None:
+    if choice is None or str(choice).lower() == "none":
         return None
-    if str(choice) == AUTO:
-        return timing_cache_path(root, key.trt_version, key.gpu_name, key.compute_capability)
-    return Path(choice)
+    return auto if str(choice) == AUTO else Path(choice).expanduser()
 
 
 def _write_engine(engine_path: Path, plan: bytes, sidecar: EngineSidecar) -> None:
@@ -182,7 +367,52 @@ def _write_engine(engine_path: Path, plan: bytes, sidecar: EngineSidecar) -> Non
     sidecar.save(side)
 
 
+def _record_parity(
+    engine_path: Path,
+    onnx_path: Path,
+    sidecar: EngineSidecar,
+    images: ValidationImages | RunImages | None,
+    no_images_reason: str,
+    spec: ModelSpec,
+    device: int,
+    log: Log,
+) -> EngineSidecar:
+    """Run the new engine on the validation images; a failure to measure never loses the engine."""
+    parity: dict[str, Any]
+    try:
+        found, why = images.get(spec, onnx_path) if images is not None else (None, "")
+        if found is None:
+            parity = {"measured": False, "reason": why or no_images_reason}
+        else:
+            reference = reference_onnx_for(onnx_path)
+            parity = measure_parity(engine_path, reference, sidecar.precision, found, spec, device)
+    except Exception as e:  # the engine is built; say why it could not be checked
+        parity = {"measured": False, "reason": f"{type(e).__name__}: {e}"}
+    sidecar = replace(sidecar, parity=parity)
+    sidecar.save(sidecar_path_for(engine_path))
+    if parity.get("measured"):
+        verdict = parity["verdict"]
+        log(
+            f"{engine_path.name}: parity vs {parity['reference']} on {parity['images']}: "
+            f"agreement {parity['agreement']:.4f}, max |Δlogit| {parity['max_abs_diff']:.3g}, "
+            f"budget {verdict['status']}"
+            + ("" if verdict["status"] != "fail" else f" ({'; '.join(verdict['reasons'])})")
+        )
+    else:
+        log(f"{engine_path.name}: parity not measured: {parity['reason']}")
+    return sidecar
+
+
 # ---------------------------------------------------------------- the TensorRT calls
+
+
+@dataclass
+class _Built:
+    plan: bytes
+    shapes: ProfileShapes
+    output_name: str
+    placement: dict[str, Any] | None
+    warnings: list[str]
 
 
 def strongly_typed_flags(trt: ModuleType) -> int:
@@ -191,18 +421,68 @@ def strongly_typed_flags(trt: ModuleType) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
+def make_logger(trt: ModuleType, log: Log, path: Path | None, verbose: bool) -> Any:
+    """A TensorRT logger: its messages to ``path`` (VERBOSE with ``verbose``, else INFO),
+    warnings and errors to ``log`` as well, like trtexec's console and ``--verbose``."""
+    severity = trt.ILogger.Severity
+    file_limit = int(severity.VERBOSE if verbose else severity.INFO)
+    show_limit = int(severity.WARNING)
+
+    class BuildLogger(trt.ILogger):  # type: ignore[name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.path = path
+            self.file = None
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.file = path.open("w", encoding="utf-8")
+
+        def log(self, sev: Any, msg: str) -> None:
+            level = int(sev)
+            if self.file is not None and level <= file_limit:
+                self.file.write(f"[{getattr(sev, 'name', level)}] {msg}\n")
+                self.file.flush()
+            if level <= show_limit:
+                log(f"TensorRT {getattr(sev, 'name', level)}: {msg}")
+
+        def close(self) -> None:
+            if self.file is not None:
+                self.file.close()
+                self.file = None
+
+    return BuildLogger()
+
+
 def _build_plan(
     trt: ModuleType,
     onnx_path: Path,
     spec: ModelSpec,
     shapes: ProfileShapes,
     flags: BuildFlags,
-    cache_path: Path | None,
+    caches: list[Path],
     log: Log,
+    log_path: Path | None,
     verbose: bool,
-) -> tuple[bytes, ProfileShapes, str]:
-    """Parse, configure and build; returns the serialized engine, its profile and output name."""
-    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+) -> _Built:
+    """Parse, configure and build; the serialized engine with its profile, output and placement."""
+    logger = make_logger(trt, log, log_path, verbose)
+    try:
+        return _build_with(trt, logger, onnx_path, spec, shapes, flags, caches, log, log_path)
+    finally:
+        logger.close()
+
+
+def _build_with(
+    trt: ModuleType,
+    logger: Any,
+    onnx_path: Path,
+    spec: ModelSpec,
+    shapes: ProfileShapes,
+    flags: BuildFlags,
+    caches: list[Path],
+    log: Log,
+    log_path: Path | None,
+) -> _Built:
     builder = trt.Builder(logger)
     network = builder.create_network(strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, logger)
@@ -217,24 +497,42 @@ def _build_plan(
     config = builder.create_builder_config()
     if flags.workspace_mb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, flags.workspace_mb << 20)
+    if not flags.tf32:  # on by default on Ampere+ (Orin too): fp32 would compute in TF32
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if flags.builder_optimization_level is not None:
+        config.builder_optimization_level = int(flags.builder_optimization_level)
     profile = builder.create_optimization_profile()
     profile.set_shape(shapes.input_name, shapes.min, shapes.opt, shapes.max)
     config.add_optimization_profile(profile)
+    network_layers: list[tuple[str, bool]] = []
     if flags.dla_core is not None:
         _use_dla(trt, builder, config, flags.dla_core)
-    if cache_path is not None:
-        _load_timing_cache(config, cache_path, log)
+        network_layers = [
+            (str(layer.name), bool(config.can_run_on_DLA(layer)))
+            for layer in (network.get_layer(i) for i in range(network.num_layers))
+        ]
+    if caches:
+        _load_timing_caches(config, caches, log)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
+        where = f" ({log_path})" if log_path is not None else ""
         raise EngineBuildError(
             f"TensorRT {trt.__version__} could not build an engine from {onnx_path} "
-            "(build_serialized_network returned nothing; the TensorRT log above says why). "
+            f"(build_serialized_network returned nothing; the TensorRT log{where} says why). "
             "If it mentions memory, pass a larger --workspace-mb"
             + ("; with --dla-core, also try without it." if flags.dla_core is not None else ".")
         )
-    if cache_path is not None:
-        atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
-    return bytes(memoryview(plan)), shapes, output_name
+    data = bytes(memoryview(plan))
+    if caches:
+        _save_timing_caches(config, caches, log)
+    placement, warnings = None, []
+    if flags.dla_core is not None:
+        info, why = _inspect_engine(trt, logger, data, flags.dla_core)
+        placement = layer_placement(flags.dla_core, network_layers, info)
+        warnings = placement_warnings(placement)
+        if info is None:
+            warnings.append(f"the engine inspector could not list the engine's layers: {why}")
+    return _Built(data, shapes, output_name, placement, warnings)
 
 
 def _check_network(
@@ -254,40 +552,108 @@ def _check_network(
             f"{onnx_path} input {tensor.name!r} has shape {dims} but its spec says "
             f"(N, {', '.join(map(str, expected))})"
         )
-    if dims[0] != -1 and dims[0] != shapes.max_batch:
+    static = shapes.min == shapes.max
+    if dims[0] != -1 and (dims[0] != shapes.max_batch or not static and shapes.min[0] != dims[0]):
+        wanted = f"--batch {shapes.max_batch}" if static else f"--max-batch {shapes.max_batch}"
         raise EngineBuildError(
-            f"{onnx_path} has a fixed batch size of {dims[0]}, so it cannot serve batches up to "
-            f"--max-batch {shapes.max_batch}: re-export it with a dynamic batch axis "
-            f"(`leukedge export`) or pass --max-batch {dims[0]}"
+            f"{onnx_path} has a fixed batch size of {dims[0]}, so it cannot serve {wanted}: "
+            f"re-export it with a dynamic batch axis (`leukedge export`) or pass --batch {dims[0]}"
         )
-    if dims[0] != -1:  # a static batch: the profile is that one shape
-        fixed = (dims[0], *expected)
-        shapes = replace(shapes, min=fixed, opt=fixed, max=fixed)
     return replace(shapes, input_name=tensor.name), network.get_output(0).name
 
 
 def _use_dla(trt: ModuleType, builder: Any, config: Any, core: int) -> None:
+    """DLA as the default device, GPU fallback for what it cannot run, layer info kept."""
     available = int(builder.num_DLA_cores)
     if core >= available:
         raise EngineBuildError(
-            f"--dla-core {core} requested but this device has {available} DLA core(s) "
-            "(DLA exists on Jetson AGX/NX Orin and Xavier)"
+            f"--dla-core {core} requested but this device has {available} DLA core(s) ({DLA_NOTE})"
         )
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = core
-    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # for the layer placement
 
 
-def _load_timing_cache(config: Any, path: Path, log: Log) -> None:
-    """Start from the saved tactic timings for this TensorRT and GPU; a bad file starts afresh."""
-    data = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(data)
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        log(f"timing cache {path} is unusable; starting a new one")
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+def _inspect_engine(trt: ModuleType, logger: Any, plan: bytes, core: int) -> tuple[str | None, str]:
+    """The engine inspector's JSON of a DLA engine (deserialized on the core it was built for)."""
+    try:
+        runtime = trt.Runtime(logger)
+        runtime.DLA_core = core
+        engine = runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            return None, "the engine did not deserialize"
+        inspector = engine.create_engine_inspector()
+        return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON)), ""
+    except Exception as e:  # the placement is a report; the engine itself is fine
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _load_timing_caches(config: Any, paths: list[Path], log: Log) -> None:
+    """Start from the saved tactic timings; an unreadable file is skipped, never fatal."""
+    cache = None
+    for path in paths:
+        data = path.read_bytes() if path.is_file() else b""
+        if not data:
+            continue
+        try:
+            loaded = config.create_timing_cache(data)
+            why = "TensorRT returned no cache"
+        except Exception as e:  # a corrupt or foreign file
+            loaded, why = None, f"{type(e).__name__}: {e}"
+        if loaded is None:
+            log(
+                f"timing cache {path} is unreadable ({why}): building without it; "
+                "a fresh one replaces it after the build"
+            )
+        elif cache is None:
+            cache = loaded
+        elif not cache.combine(loaded, True):
+            log(f"timing cache {path} does not match this TensorRT/GPU: not merged")
+    if cache is None:
+        cache = config.create_timing_cache(b"")
+    if not config.set_timing_cache(cache, False):
+        log("the saved timing caches do not match this TensorRT/GPU: starting a fresh one")
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+
+
+def _save_timing_caches(config: Any, paths: list[Path], log: Log) -> None:
+    data = bytes(memoryview(config.get_timing_cache().serialize()))
+    for path in paths:
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as e:  # a read-only home must not fail a finished build
+            log(f"could not save the timing cache {path}: {e}")
 
 
 # ---------------------------------------------------------------- a run dir or an ONNX file
+
+
+def _torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def export_if_missing(target: Path, precisions: Sequence[str] | None, log: Log) -> None:
+    """``build-engine RUN`` straight after ``train``: export first where PyTorch is here."""
+    if not is_run_dir(target):
+        return
+    export = export_dir_of(target)
+    if any((export / onnx_name(p)).is_file() for p in PRECISIONS):
+        return
+    if not _torch_available():
+        raise EngineBuildError(
+            f"{target} has no exported model ({export}/model.*.onnx) and PyTorch is not "
+            f"installed here to export it: run `leukedge export {target}` on the training "
+            "machine and copy the whole run dir (with its export/ folder) to this device"
+        )
+    wanted = list(precisions) if precisions else list(PRECISIONS)
+    log(f"{export} is missing: exporting first (leukedge export {target})")
+    from leukedge.export import ExportError, export_run
+
+    try:
+        export_run(target, wanted)
+    except ExportError as e:  # some files were written; build the ones that exist
+        log(f"export: {e}")
 
 
 def resolve_onnx_files(
@@ -335,7 +701,7 @@ def resolve_onnx_files(
 def build_engines(
     target: str | Path,
     precisions: Sequence[str] | None = None,
-    max_batch: int = 32,
+    max_batch: int | None = None,
     workspace_mb: int | None = None,
     dla_core: int | None = None,
     out: str | Path | None = None,
@@ -344,33 +710,60 @@ def build_engines(
     log: Log = _stderr,
     device: int = 0,
     verbose: bool = False,
-) -> list[BuildResult]:
+    *,
+    flags: BuildFlags | None = None,
+    shared_timing_cache: str | Path | None = AUTO,
+    parity: bool = True,
+    parity_images: int | None = None,
+    data: str | Path | None = None,
+) -> list[PrecisionOutcome]:
     """``leukedge build-engine runs/NAME|MODEL.onnx``: one engine per precision, cached.
 
-    ``precisions`` None means fp16, int8, fp32 where exported. Fails fast with
-    :class:`TensorRTUnavailable` where TensorRT or an NVIDIA GPU is missing.
+    ``precisions`` None means fp16, int8, fp32 where exported (fp16, int8 for a DLA).
+    One precision that fails does not stop the others: each outcome says what
+    happened. Raises only when nothing can be built: no TensorRT or GPU
+    (:class:`TensorRTUnavailable`), nothing exported, bad options.
     """
-    BuildFlags(max_batch=max_batch, workspace_mb=workspace_mb, dla_core=dla_core)  # validate
+    flags = flags or BuildFlags.create(max_batch, workspace_mb, dla_core)
+    target = Path(target)
+    export_if_missing(target, precisions, log)
     files = resolve_onnx_files(target, precisions)
     require_target(device)
-    target = Path(target)
     root = Path(out) if out is not None else None
     if root is None and target.is_dir():
         root = engines_root(target)
-    results = []
-    for onnx_path, _ in files:
-        results.append(
-            build_engine(
+    outcomes: list[PrecisionOutcome] = []
+    images = RunImages(target, data, parity_images) if parity else None
+    for onnx_path, precision in files:
+        if flags.dla_core is not None and not artifact(precision).dla and not precisions:
+            outcomes.append(
+                PrecisionOutcome(
+                    precision,
+                    onnx_path,
+                    "skipped",
+                    "DLA runs FP16 and INT8 only (build fp32 without --dla-core)",
+                )
+            )
+            continue
+        try:
+            result = build_engine(
                 onnx_path,
                 out_dir=root,
-                max_batch=max_batch,
-                workspace_mb=workspace_mb,
-                dla_core=dla_core,
                 timing_cache=timing_cache,
                 force=force,
                 log=log,
                 device=device,
                 verbose=verbose,
+                flags=flags,
+                shared_timing_cache=shared_timing_cache,
+                images=images,
+                no_images_reason="--no-parity",
             )
-        )
-    return results
+        except Exception as e:  # recorded; the next precision is still built
+            message = str(e) if isinstance(e, EngineBuildError) else f"{type(e).__name__}: {e}"
+            log(f"{precision}: failed: {message}")
+            outcomes.append(PrecisionOutcome(precision, onnx_path, "failed", message))
+            continue
+        status = "reused" if result.reused else "built"
+        outcomes.append(PrecisionOutcome(precision, onnx_path, status, result.reason, result))
+    return outcomes

@@ -27,6 +27,9 @@ CUDA_INSTALL_HINT = (
 )
 
 
+_GRAPH_HINT = "pip install 'cuda-python>=12,<13' (CUDA 12 driver) or run without cuda_graph"
+
+
 class CudaUnavailable(BackendUnavailable):
     """No usable CUDA binding or device; the message lists what each binding said."""
 
@@ -66,6 +69,11 @@ class CudaApi(Protocol):
     def event_record(self, event: Any, stream: Any) -> None: ...
     def event_elapsed_ms(self, start: Any, end: Any) -> float: ...
     def event_destroy(self, event: Any) -> None: ...
+    def stream_begin_capture(self, stream: Any) -> None: ...
+    def stream_end_capture(self, stream: Any) -> Any: ...
+    def graph_instantiate(self, graph: Any) -> Any: ...
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None: ...
+    def graph_destroy(self, graph: Any, graph_exec: Any) -> None: ...
     def close(self) -> None: ...
 
 
@@ -160,6 +168,26 @@ class CudaPythonApi:
     def event_destroy(self, event: Any) -> None:
         self._call("cudaEventDestroy", event)
 
+    # CUDA graphs: one captured launch replaces the engine's many kernel launches.
+    def stream_begin_capture(self, stream: Any) -> None:
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._call("cudaStreamBeginCapture", stream, mode)
+
+    def stream_end_capture(self, stream: Any) -> Any:
+        return self._call("cudaStreamEndCapture", stream)
+
+    def graph_instantiate(self, graph: Any) -> Any:
+        return self._call("cudaGraphInstantiate", graph, 0)
+
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None:
+        self._call("cudaGraphLaunch", graph_exec, stream)
+
+    def graph_destroy(self, graph: Any, graph_exec: Any) -> None:
+        if graph_exec is not None:
+            self._call("cudaGraphExecDestroy", graph_exec)
+        if graph is not None:
+            self._call("cudaGraphDestroy", graph)
+
     def close(self) -> None:
         """cuda-python works on the primary context of the device: nothing to release."""
 
@@ -202,9 +230,9 @@ class PyCudaApi:
         return self.drv.pagelocked_empty(count, np.dtype(dtype))
 
     def host_free(self, array: np.ndarray) -> None:
-        base = array.base
-        if hasattr(base, "free"):
-            base.free()
+        free = getattr(array.base, "free", None)
+        if free is not None:
+            free()
 
     def stream_create(self) -> Any:
         return self.drv.Stream()
@@ -235,6 +263,21 @@ class PyCudaApi:
 
     def event_destroy(self, event: Any) -> None:
         """pycuda destroys an event when the object goes away."""
+
+    def stream_begin_capture(self, stream: Any) -> None:
+        raise CudaError("CUDA graph capture is implemented over cuda-python only; " + _GRAPH_HINT)
+
+    def stream_end_capture(self, stream: Any) -> Any:
+        raise CudaError("CUDA graph capture is implemented over cuda-python only; " + _GRAPH_HINT)
+
+    def graph_instantiate(self, graph: Any) -> Any:
+        raise CudaError("CUDA graph capture is implemented over cuda-python only; " + _GRAPH_HINT)
+
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None:
+        raise CudaError("CUDA graph capture is implemented over cuda-python only; " + _GRAPH_HINT)
+
+    def graph_destroy(self, graph: Any, graph_exec: Any) -> None:
+        """Nothing was captured."""
 
     def close(self) -> None:
         for alloc in self._allocs.values():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -41,15 +42,26 @@ SIDECAR_VERSION = 1
 ENGINE_SUFFIX = ".engine"
 SIDECAR_SUFFIX = ".json"
 TIMING_CACHE_NAME = "timing.cache"
+BUILD_LOG_SUFFIX = ".build.log"
 OPT_BATCH = 8
+DLA_DEFAULT_BATCH = 1
+BUILDER_OPTIMIZATION_LEVELS = range(0, 6)  # TensorRT's 0..5, default 3
+CACHE_ENV = "LEUKEDGE_CACHE_DIR"
 
 TENSORRT_INSTALL_HINT = (
     "TensorRT engines are built on the device that will run them (an engine only runs "
     "with the TensorRT version and GPU that built it). On x86-64 or SBSA Linux with an "
-    "NVIDIA GPU: pip install 'leukedge[trt]'. On Jetson, TensorRT comes with JetPack: "
+    "NVIDIA GPU, pick the extra that matches the CUDA version of the driver (`nvidia-smi` "
+    "shows it): pip install 'leukedge[trt-cu12]' for CUDA 12, 'leukedge[trt-cu13]' for "
+    "CUDA 13 (driver 580 or newer). On Jetson, TensorRT comes with JetPack: "
     "sudo apt install python3-libnvinfer, and create the venv with "
     "`python3 -m venv --system-site-packages .venv` so that it sees the system TensorRT. "
     "Without TensorRT, run the exported model.*.onnx files with ONNX Runtime."
+)
+DLA_NOTE = (
+    "DLA cores exist on Jetson AGX/NX Orin and Xavier (JetPack 6 ships TensorRT 10.3); "
+    "TensorRT after 10.7 on x86 has no DLA, 10.8 to 11.3 have none on any platform, and "
+    "11.4.1 brings it back for AGX Orin on JetPack 7.2.2"
 )
 
 
@@ -119,11 +131,35 @@ def sidecar_path_for(engine_path: str | Path) -> Path:
     return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
 
 
+def build_log_path_for(engine_path: str | Path) -> Path:
+    """``model.fp16.engine.build.log``: TensorRT's log of the build, next to the engine."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + BUILD_LOG_SUFFIX)
+
+
 def timing_cache_path(
     engines_root: str | Path, trt_version: str, gpu_name: str, cc: str | tuple[int, int]
 ) -> Path:
-    """The timing cache shared by every build for one (TensorRT version, GPU)."""
+    """The run's timing cache, shared by its builds for one (TensorRT version, GPU)."""
     return Path(engines_root) / target_folder_name(trt_version, gpu_name, cc) / TIMING_CACHE_NAME
+
+
+def user_cache_dir() -> Path:
+    """``$LEUKEDGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/leukedge``, else ``~/.cache/leukedge``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "leukedge"
+
+
+def machine_timing_cache_path(trt_version: str, gpu_name: str, cc: str | tuple[int, int]) -> Path:
+    """The timing cache every run on this machine shares for one (TensorRT version, GPU).
+
+    Tactic timings depend on the GPU and TensorRT, not on the model, so a second
+    model (or a fresh run dir) builds faster with the timings of the first.
+    """
+    folder = target_folder_name(trt_version, gpu_name, cc)
+    return user_cache_dir() / "tensorrt" / folder / TIMING_CACHE_NAME
 
 
 def check_precision(precision: str) -> str:
@@ -149,11 +185,21 @@ def default_engines_root(onnx_path: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class BuildFlags:
-    """The build options that change the engine, so they are part of its cache key."""
+    """The build options that change the engine, so they are part of its cache key.
+
+    ``batch`` makes a static engine (min = opt = max = ``batch``), which DLA requires:
+    with a dynamic profile and GPU fallback TensorRT silently runs every layer on
+    the GPU. ``tf32`` False clears TensorRT's TF32 flag (on by default on Ampere
+    and newer, Orin included), so fp32 layers really compute in fp32.
+    """
 
     max_batch: int = 32
     workspace_mb: int | None = None
     dla_core: int | None = None
+    opt_batch: int | None = None  # None: min(8, max_batch)
+    batch: int | None = None  # a static batch size (required for DLA)
+    tf32: bool = False
+    builder_optimization_level: int | None = None  # None: TensorRT's default (3)
 
     def __post_init__(self) -> None:
         if int(self.max_batch) < 1:
@@ -162,6 +208,63 @@ class BuildFlags:
             raise ValueError(f"--workspace-mb must be >= 1, got {self.workspace_mb}")
         if self.dla_core is not None and int(self.dla_core) < 0:
             raise ValueError(f"--dla-core must be >= 0, got {self.dla_core}")
+        if self.batch is not None:
+            if int(self.batch) < 1:
+                raise ValueError(f"--batch must be >= 1, got {self.batch}")
+            if self.max_batch != self.batch or self.opt_batch not in (None, self.batch):
+                raise ValueError(
+                    f"--batch {self.batch} builds a static engine: leave out --max-batch "
+                    f"({self.max_batch}) and --opt-batch ({self.opt_batch}) or make them equal"
+                )
+        if self.opt_batch is not None and not 1 <= int(self.opt_batch) <= self.max_batch:
+            raise ValueError(
+                f"--opt-batch must be between 1 and --max-batch {self.max_batch}, "
+                f"got {self.opt_batch}"
+            )
+        if self.dla_core is not None and self.batch is None:
+            raise ValueError(
+                "DLA runs static shapes only: a --dla-core build needs --batch "
+                "(min = opt = max); with a dynamic profile every layer falls back to the GPU"
+            )
+        level = self.builder_optimization_level
+        if level is not None and int(level) not in BUILDER_OPTIMIZATION_LEVELS:
+            raise ValueError(f"--builder-optimization-level must be 0..5, got {level}")
+
+    @classmethod
+    def create(
+        cls,
+        max_batch: int | None = None,
+        workspace_mb: int | None = None,
+        dla_core: int | None = None,
+        opt_batch: int | None = None,
+        batch: int | None = None,
+        tf32: bool = False,
+        builder_optimization_level: int | None = None,
+    ) -> BuildFlags:
+        """Flags from command-line values: a static ``batch`` (1 for DLA) sets the profile."""
+        if dla_core is not None and batch is None:
+            batch = DLA_DEFAULT_BATCH
+            if max_batch is not None and max_batch != batch:
+                raise ValueError(
+                    f"DLA runs static shapes only: --max-batch {max_batch} cannot be served "
+                    f"by a --dla-core engine; pass --batch N (the one batch size it will run)"
+                )
+        if batch is not None:
+            max_batch = batch if max_batch is None else max_batch
+            opt_batch = batch if opt_batch is None else opt_batch
+        return cls(
+            max_batch=32 if max_batch is None else max_batch,
+            workspace_mb=workspace_mb,
+            dla_core=dla_core,
+            opt_batch=opt_batch,
+            batch=batch,
+            tf32=tf32,
+            builder_optimization_level=builder_optimization_level,
+        )
+
+    @property
+    def static(self) -> bool:
+        return self.batch is not None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,14 +275,27 @@ class BuildFlags:
             max_batch=int(data.get("max_batch", 32)),
             workspace_mb=_opt_int(data.get("workspace_mb")),
             dla_core=_opt_int(data.get("dla_core")),
+            opt_batch=_opt_int(data.get("opt_batch")),
+            batch=_opt_int(data.get("batch")),
+            # Sidecars from before the flag was recorded: TensorRT's default, TF32 on.
+            tf32=bool(data.get("tf32", True)),
+            builder_optimization_level=_opt_int(data.get("builder_optimization_level")),
         )
 
     def cli_args(self) -> list[str]:
-        args = ["--max-batch", str(self.max_batch)]
+        args = ["--batch", str(self.batch)] if self.batch is not None else []
+        if self.batch is None:
+            args += ["--max-batch", str(self.max_batch)]
+            if self.opt_batch is not None:
+                args += ["--opt-batch", str(self.opt_batch)]
         if self.workspace_mb is not None:
             args += ["--workspace-mb", str(self.workspace_mb)]
         if self.dla_core is not None:
             args += ["--dla-core", str(self.dla_core)]
+        if self.tf32:
+            args += ["--tf32"]
+        if self.builder_optimization_level is not None:
+            args += ["--builder-optimization-level", str(self.builder_optimization_level)]
         return args
 
 
@@ -218,17 +334,29 @@ class ProfileShapes:
         )
 
 
-def profile_shapes(spec: ModelSpec, max_batch: int, input_name: str = INPUT_NAME) -> ProfileShapes:
-    """Batch 1 .. ``max_batch``, tuned for ``min(8, max_batch)``: a frame holds a few cells."""
+def profile_shapes(
+    spec: ModelSpec,
+    max_batch: int,
+    input_name: str = INPUT_NAME,
+    opt_batch: int | None = None,
+    batch: int | None = None,
+) -> ProfileShapes:
+    """Batch 1 .. ``max_batch`` tuned for ``opt_batch`` (default min(8, max)): a frame holds a
+    few cells. A static ``batch`` gives min = opt = max (DLA, CUDA graphs)."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     chw = tuple(spec.input_shape)
+    if batch is not None:
+        return ProfileShapes(input_name, (batch, *chw), (batch, *chw), (batch, *chw))
+    opt = min(OPT_BATCH, max_batch) if opt_batch is None else opt_batch
     return ProfileShapes(
-        input_name=input_name,
-        min=(1, *chw),
-        opt=(min(OPT_BATCH, max_batch), *chw),
-        max=(max_batch, *chw),
+        input_name=input_name, min=(1, *chw), opt=(opt, *chw), max=(max_batch, *chw)
     )
+
+
+def profile_for(spec: ModelSpec, flags: BuildFlags, input_name: str = INPUT_NAME) -> ProfileShapes:
+    """The optimization profile ``flags`` ask for."""
+    return profile_shapes(spec, flags.max_batch, input_name, flags.opt_batch, flags.batch)
 
 
 @dataclass(frozen=True)
@@ -274,7 +402,8 @@ class EngineKey:
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
                 out.append(f"{label}: engine has {_short(theirs)}, wanted {_short(mine)}")
-        for name in ("max_batch", "workspace_mb", "dla_core"):
+        for f in fields(BuildFlags):
+            name = f.name
             mine, theirs = getattr(self.flags, name), getattr(other.flags, name)
             if mine != theirs:
                 out.append(f"{name}: engine has {theirs}, wanted {mine}")
@@ -318,6 +447,10 @@ class EngineSidecar:
     built_at: str
     leukedge_version: str
     output_name: str = OUTPUT_NAME
+    parity: dict[str, Any] | None = None  # vs ONNX Runtime on the validation images, judged
+    placement: dict[str, Any] | None = None  # DLA builds: which layers run where
+    build_log: str | None = None  # TensorRT's log of the build, next to the engine
+    warnings: list[str] = field(default_factory=list)
     format: str = SIDECAR_FORMAT
     format_version: int = SIDECAR_VERSION
 
@@ -334,6 +467,12 @@ class EngineSidecar:
             onnx_sha256=self.onnx_sha256,
             flags=self.build_flags,
         )
+
+    @property
+    def parity_failed(self) -> list[str]:
+        """Why the engine failed its parity budget when it was built (empty: passed or unmeasured)."""
+        verdict = (self.parity or {}).get("verdict") or {}
+        return list(verdict.get("reasons") or ["failed"]) if verdict.get("status") == "fail" else []
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -481,3 +620,76 @@ def reuse_decision(engine_path: str | Path, wanted: EngineKey) -> ReuseDecision:
     if sha256_file(engine_path) != sidecar.engine_sha256:
         return ReuseDecision(False, f"{engine_path.name} does not match its sidecar (sha256)")
     return ReuseDecision(True, f"up to date (key {wanted.digest()})")
+
+
+# ---------------------------------------------------------------- DLA layer placement
+
+
+def _is_dla_layer(layer: Any) -> bool:
+    """An engine layer that runs on the DLA, as the engine inspector names it.
+
+    TensorRT fuses what it hands to a DLA core into ``{ForeignNode[first...last]}``
+    layers; a detailed inspector record may also name the DLA in its type.
+    """
+    if isinstance(layer, dict):
+        name = str(layer.get("Name", ""))
+        kind = " ".join(str(layer.get(k, "")) for k in ("LayerType", "ParameterType"))
+        return name.startswith("{ForeignNode[") or "dla" in kind.lower()
+    return str(layer).startswith("{ForeignNode[")
+
+
+def _layer_name(layer: Any) -> str:
+    return str(layer.get("Name", "?")) if isinstance(layer, dict) else str(layer)
+
+
+def layer_placement(
+    dla_core: int,
+    network_layers: list[tuple[str, bool]],
+    engine_info: dict[str, Any] | str | None,
+) -> dict[str, Any]:
+    """Where a DLA build runs: the network's layers the DLA accepts, the engine's DLA layers.
+
+    ``network_layers`` is (name, ``IBuilderConfig.can_run_on_DLA``) per network layer;
+    ``engine_info`` the engine inspector's JSON (detailed profiling verbosity).
+    """
+    gpu_only = [name for name, on_dla in network_layers if not on_dla]
+    out: dict[str, Any] = {
+        "dla_core": dla_core,
+        "network_layers": len(network_layers),
+        "network_layers_dla_capable": len(network_layers) - len(gpu_only),
+        "network_layers_gpu_only": gpu_only[:100],
+    }
+    if isinstance(engine_info, str):
+        try:
+            engine_info = json.loads(engine_info)
+        except ValueError:
+            engine_info = None
+    layers = (engine_info or {}).get("Layers") if isinstance(engine_info, dict) else None
+    if isinstance(layers, list):
+        on_dla = [_layer_name(x) for x in layers if _is_dla_layer(x)]
+        out.update(
+            engine_layers=len(layers),
+            engine_layers_dla=len(on_dla),
+            engine_layer_names=[_layer_name(x) for x in layers][:200],
+        )
+    return out
+
+
+def placement_warnings(placement: dict[str, Any]) -> list[str]:
+    """A DLA engine whose layers all run on the GPU is a GPU engine with extra copies."""
+    capable = placement.get("network_layers_dla_capable", 0)
+    on_dla = placement.get("engine_layers_dla")
+    if capable == 0 or on_dla == 0:
+        return [
+            f"no layer runs on DLA core {placement.get('dla_core')}: every layer fell back to "
+            "the GPU (DLA runs FP16/INT8 convolutions, pooling and activations with static "
+            "shapes); build without --dla-core, it will be faster"
+        ]
+    gpu_only = placement.get("network_layers_gpu_only") or []
+    if gpu_only:
+        return [
+            f"{len(gpu_only)} of {placement.get('network_layers')} layers cannot run on the DLA "
+            f"and fall back to the GPU (first: {', '.join(gpu_only[:5])}); each switch copies "
+            "tensors between DLA and GPU memory"
+        ]
+    return []

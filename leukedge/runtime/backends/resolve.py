@@ -171,7 +171,13 @@ def _ort_candidates(
 def _trt_engine_candidates(
     run_dir: Path, precisions: Sequence[str], options: OpenOptions, unavailable: list[str]
 ) -> list[Candidate]:
-    """Engines built for this machine's GPU and TensorRT under ``run_dir/engines``."""
+    """Engines built for this machine's GPU and TensorRT under ``run_dir/engines``.
+
+    An automatic choice (every precision in ``ENGINE_AUTO_ORDER``) leaves out an
+    engine whose parity against ONNX Runtime failed its budget when it was built;
+    naming the one precision (``trt-int8``) still runs it.
+    """
+    from leukedge.runtime.backends.engine_plan import SidecarError, load_sidecar_for
     from leukedge.runtime.backends.gpu import trt_available
 
     ok, why = trt_available(options.gpu)
@@ -180,12 +186,24 @@ def _trt_engine_candidates(
         return []
     from leukedge.runtime.backends.trt import TrtBackend, find_engine
 
+    automatic = tuple(precisions) == tuple(ENGINE_AUTO_ORDER)
     out = []
     for precision in precisions:
         try:
             path = find_engine(run_dir, precision, options.gpu)
         except BackendError as e:
             unavailable.append(str(e))
+            continue
+        try:
+            failed = load_sidecar_for(path).parity_failed if automatic else []
+        except SidecarError:
+            failed = []  # TrtBackend says what is wrong with the sidecar when it is opened
+        if failed:
+            unavailable.append(
+                f"trt-{precision}: left out of --backend auto, its parity against ONNX Runtime "
+                f"failed the budget when it was built ({'; '.join(failed)}); pass "
+                f"--backend trt-{precision} to run it anyway"
+            )
             continue
         out.append(Candidate(f"trt-{precision}", str(path), partial(TrtBackend, path, options.gpu)))
     return out

@@ -5,7 +5,15 @@ TensorRT >= 10 I/O by tensor name: buffers are bound once with
 optimization profile and runs with ``execute_async_v3`` on one CUDA stream.
 Host buffers are page-locked and sized for the profile's maximum batch, device
 buffers are allocated once, and a pair of CUDA events times the engine alone
-(``last_device_ms``).
+(``last_device_ms``). An engine built for a DLA core is deserialized on that core
+(``IRuntime.DLA_core`` is set from the sidecar first; TensorRT defaults to core 0).
+
+``cuda_graph=True`` captures the engine's launches into a CUDA graph and replays
+it: for a fixed shape (batch 1 next to the microscope) one graph launch replaces
+many kernel launches and cuts CPU-side latency. The graph is captured on the first
+batch, and again whenever the batch size changes (buffers never move, so a
+captured graph stays valid); where capture fails the backend runs as usual and
+says why in ``cuda_graph_error``. Needs cuda-python.
 
 No torch, and neither TensorRT nor a CUDA binding is imported until a backend
 is created, so ``import leukedge.runtime.backends.trt`` works everywhere.
@@ -26,6 +34,7 @@ from leukedge.artifacts import engines_root
 from leukedge.runtime.backends.base import BackendError, check_batch
 from leukedge.runtime.backends.cuda_mem import CudaApi, open_cuda
 from leukedge.runtime.backends.engine_plan import (
+    DLA_NOTE,
     TENSORRT_INSTALL_HINT,
     EngineMismatch,
     EngineSidecar,
@@ -95,9 +104,17 @@ class TrtBackend:
     """One deserialized TensorRT engine, its execution context, buffers and stream."""
 
     def __init__(
-        self, engine_path: str | Path, device: int = 0, cuda: CudaApi | None = None
+        self,
+        engine_path: str | Path,
+        device: int = 0,
+        cuda: CudaApi | None = None,
+        cuda_graph: bool = False,
     ) -> None:
-        """``cuda`` is an open :class:`CudaApi` to share; by default the backend opens its own."""
+        """``cuda`` is an open :class:`CudaApi` to share; by default the backend opens its own.
+
+        ``cuda_graph``: replay a captured CUDA graph instead of launching the engine
+        (lower latency at a fixed batch size; see the module docstring).
+        """
         self.path = Path(engine_path)
         self._closed = False
         self._cuda: CudaApi | None = None
@@ -109,6 +126,9 @@ class TrtBackend:
         self._engine: Any = None
         self._runtime: Any = None
         self.last_device_ms: float | None = None
+        self.cuda_graph = cuda_graph
+        self.cuda_graph_error: str | None = None
+        self._graph: tuple[Any, Any, tuple[int, ...]] | None = None  # graph, exec, input shape
         self.min_batch: int = 1
         self.max_batch: int | None = None
         self._owns_cuda = cuda is None
@@ -154,6 +174,15 @@ class TrtBackend:
             )
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
+        dla = self.sidecar.build_flags.dla_core
+        if dla is not None:  # before deserializing: the runtime would put it on core 0
+            cores = int(self._runtime.num_DLA_cores)
+            if dla >= cores:
+                raise EngineMismatch(
+                    f"{self.path} was built for DLA core {dla} but this device has {cores} DLA "
+                    f"core(s) ({DLA_NOTE}). Rebuild it: {rebuild_command(self.sidecar)}"
+                )
+            self._runtime.DLA_core = int(dla)
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise BackendError(
@@ -221,12 +250,15 @@ class TrtBackend:
         cuda, stream = self._api, self._stream
         host_in = self._h_in[: x.size].reshape(x.shape)
         np.copyto(host_in, x, casting="same_kind")  # fp32, or fp16 if the engine takes fp16
-        if not self._context.set_input_shape(self.input_name, x.shape):
+        graph = self._graph_for(x.shape) if self.cuda_graph else None
+        if graph is None and not self._context.set_input_shape(self.input_name, x.shape):
             raise BackendError(f"engine refused input shape {x.shape}")
         cuda.memcpy_htod_async(self._device_ptrs[self.input_name], host_in, stream)
         start, end = self._events
         cuda.event_record(start, stream)
-        if not self._context.execute_async_v3(cuda.stream_handle(stream)):
+        if graph is not None:
+            cuda.graph_launch(graph, stream)
+        elif not self._context.execute_async_v3(cuda.stream_handle(stream)):
             raise BackendError("TensorRT execute_async_v3 failed (the TensorRT log says why)")
         cuda.event_record(end, stream)
         out_shape = _dims(self._context.get_tensor_shape(self.output_name))
@@ -235,6 +267,43 @@ class TrtBackend:
         cuda.stream_synchronize(stream)
         self.last_device_ms = cuda.event_elapsed_ms(start, end)
         return host_out.astype(np.float32, copy=True)
+
+    def _graph_for(self, shape: tuple[int, ...]) -> Any:
+        """The executable CUDA graph for ``shape``, captured now if needed; None to run plainly."""
+        if self._graph is not None and self._graph[2] == tuple(shape):
+            return self._graph[1]
+        self._drop_graph()
+        cuda, stream = self._api, self._stream
+        if not self._context.set_input_shape(self.input_name, shape):
+            raise BackendError(f"engine refused input shape {shape}")
+        handle = cuda.stream_handle(stream)
+        # One plain run first: TensorRT finishes shape-dependent setup outside the capture.
+        if not self._context.execute_async_v3(handle):
+            raise BackendError("TensorRT execute_async_v3 failed (the TensorRT log says why)")
+        cuda.stream_synchronize(stream)
+        graph = None
+        try:
+            cuda.stream_begin_capture(stream)
+            try:
+                ok = self._context.execute_async_v3(handle)
+            finally:
+                graph = cuda.stream_end_capture(stream)
+            if not ok:
+                raise BackendError("execute_async_v3 failed while capturing")
+            self._graph = (graph, cuda.graph_instantiate(graph), tuple(shape))
+            return self._graph[1]
+        except Exception as e:  # not capturable here: run without a graph, and say why
+            if graph is not None:
+                cuda.graph_destroy(graph, None)
+            self.cuda_graph = False
+            self.cuda_graph_error = f"{type(e).__name__}: {e}"
+            return None
+
+    def _drop_graph(self) -> None:
+        if self._graph is not None and self._cuda is not None:
+            graph, graph_exec, _ = self._graph
+            self._cuda.graph_destroy(graph, graph_exec)
+        self._graph = None
 
     def synchronize(self) -> None:
         if not self._closed and self._stream is not None:
@@ -245,6 +314,7 @@ class TrtBackend:
         if self._closed:
             return
         self._closed = True
+        self._drop_graph()
         self._context = None  # the context goes before the engine that made it
         self._engine = None
         self._runtime = None
