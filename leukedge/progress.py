@@ -24,7 +24,7 @@ class Reporter:
         pass
 
     def log(self, message: str, level: str = "info") -> None:
-        """Plain text (never markup: messages carry paths and hints like ``leukedge[trt]``).
+        """Plain text (never markup: messages carry paths and hints like ``leukedge[trt-cu12]``).
 
         ``level`` is ``info`` or ``note`` (something the user should read).
         """
