@@ -202,9 +202,9 @@ class PyCudaApi:
         return self.drv.pagelocked_empty(count, np.dtype(dtype))
 
     def host_free(self, array: np.ndarray) -> None:
-        base = array.base
-        if hasattr(base, "free"):
-            base.free()
+        free = getattr(array.base, "free", None)  # pycuda's HostAllocation, not an ndarray
+        if free is not None:
+            free()
 
     def stream_create(self) -> Any:
         return self.drv.Stream()
