@@ -34,7 +34,6 @@ from leukedge.imaging.images import (
 )
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".ts")
-LIVE_KINDS = ("camera", "csi", "rtsp", "gst")
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 GLOB_CHARS = re.compile(r"[*?\[]")
 
