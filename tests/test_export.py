@@ -7,23 +7,19 @@ CNN trained a few steps on drawn cells, where logits are large and classes apart
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import pytest
+from conftest import MakeRun, draw_cell
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 
-from leukedge.data.arrays import load_image_set  # noqa: E402
-from leukedge.data.layouts import load_dataset  # noqa: E402
-from leukedge.data.splits import make_split  # noqa: E402
 from leukedge.export import int8 as int8_mod  # noqa: E402
 from leukedge.export import onnx_export  # noqa: E402
 from leukedge.export.fp16 import convert_fp16  # noqa: E402
@@ -38,76 +34,6 @@ from leukedge.train.models import build_model, default_spec  # noqa: E402
 
 ARCHS = ("cnn", "resnet50", "vit-hybrid")
 SIZE = 64
-
-PINK_BGR = (200, 175, 235)
-
-
-def draw_cell(rng: np.random.Generator, cls: str, side: int = 96) -> np.ndarray:
-    """A pink field with one disc: HEM large and pale, ALL small and dark purple."""
-    img = np.empty((side, side, 3), np.uint8)
-    img[:] = PINK_BGR
-    noise = rng.normal(0, 6, img.shape)
-    img = np.clip(img + noise, 0, 255).astype(np.uint8)
-    cx, cy = (side // 2 + int(v) for v in rng.integers(-8, 9, 2))
-    if cls == "hem":
-        radius, colour = int(rng.integers(28, 36)), (225, 205, 215)
-    else:
-        radius, colour = int(rng.integers(11, 16)), (115, 35, 85)
-    jitter = rng.integers(-12, 13, 3)
-    fill = tuple(int(c + j) for c, j in zip(colour, jitter, strict=True))
-    cv2.circle(img, (cx, cy), radius, fill, -1)
-    return cv2.GaussianBlur(img, (3, 3), 0)
-
-
-def make_dataset(root: Path, subjects_per_class: int = 4, per_subject: int = 6) -> Path:
-    """Class folders ``hem/`` and ``all/`` with ``subjects.csv`` (one class per subject)."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for cls in ("hem", "all"):
-        (root / cls).mkdir(parents=True, exist_ok=True)
-        for s in range(subjects_per_class):
-            subject = f"{cls[0].upper()}{s}"
-            for i in range(per_subject):
-                name = f"{cls}/{subject}_{i}.png"
-                cv2.imwrite(str(root / name), draw_cell(rng, cls))
-                rows.append({"file": name, "subject": subject})
-    with open(root / "subjects.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "subject"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
-
-def make_trained_run(
-    root: Path, arch: str = "cnn", size: int = 64, steps: int = 40, lr: float = 0.05
-) -> Path:
-    """A run dir (spec.json, split.json, checkpoint.pt) of ``arch`` trained ``steps`` SGD steps."""
-    data = make_dataset(root / "data")
-    run = root / f"run-{arch}"
-    run.mkdir(parents=True)
-    ds = load_dataset(data)
-    split = make_split(ds, seed=0)
-    split.save(run / "split.json", ds)
-    spec = default_spec(arch, ds.classes, ds.positive_class, size, "context", 0.5)
-    spec.save(run / "spec.json")
-    train = load_image_set(split.records(ds, "train"), spec)
-    torch.manual_seed(0)
-    model = build_model(arch, spec.num_classes, size)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    x, y = torch.from_numpy(train.x), torch.from_numpy(train.labels)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (16,), generator=gen)
-        xb = x[idx]
-        if torch.rand((), generator=gen) < 0.5:
-            xb = xb.flip(3)
-        loss = torch.nn.functional.cross_entropy(model(xb), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.save(model.state_dict(), run / "checkpoint.pt")
-    return run
 
 
 # --- shared exports -----------------------------------------------------------------
@@ -342,8 +268,11 @@ def test_unknown_calibration_method_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[str]]:
-    run = make_trained_run(tmp_path_factory.mktemp("trained"), "cnn", size=32, steps=20)
+def trained_export(
+    make_run: MakeRun, drawn_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict, list[str]]:
+    trained = make_run(drawn_data, model="cnn", img_size=32, steps=20)
+    run = shutil.copytree(trained, tmp_path_factory.mktemp("trained") / "run")
     stages: list[str] = []
     record = export_run(run, progress=lambda stage, done, total: stages.append(stage))
     return run, record, stages
