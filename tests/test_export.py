@@ -3,6 +3,8 @@
 The three architectures are exported once per module at 64 px (untrained: export
 and FP32 parity do not depend on the weights); FP16/INT8 agreement is checked on a
 CNN trained a few steps on drawn cells, where logits are large and classes apart.
+Every test that needs one of these exports or the trained run is marked slow:
+whichever of them runs first pays for it.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def fed_by_dequantize(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
 # --- FP32 export ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fp32_export_matches_pytorch_at_any_batch(
     exported: Callable[[str], Exported], arch: str
@@ -104,6 +107,7 @@ def test_fp32_export_matches_pytorch_at_any_batch(
             assert diff <= 1e-4, f"{arch} {name} batch {n}: max |Δlogit| {diff}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fp32_graph_contract(exported: Callable[[str], Exported], arch: str) -> None:
     _, spec, result = exported(arch)
@@ -121,6 +125,7 @@ def test_fp32_graph_contract(exported: Callable[[str], Exported], arch: str) -> 
     assert result.seconds > 0 and result.graph["nodes"] == len(model.graph.node)
 
 
+@pytest.mark.slow
 def test_vit_hybrid_graph_is_folded_for_its_input_size(
     exported: Callable[[str], Exported],
 ) -> None:
@@ -141,6 +146,7 @@ def test_vit_hybrid_graph_is_folded_for_its_input_size(
     assert "head/Gemm" in names and "norm/LayerNormalization" in names
 
 
+@pytest.mark.slow
 def test_opset_below_17_is_refused(exported: Callable[[str], Exported], tmp_path: Path) -> None:
     model, spec, _ = exported("cnn")
     with pytest.raises(ExportError, match="opset"):
@@ -151,6 +157,7 @@ def test_opset_below_17_is_refused(exported: Callable[[str], Exported], tmp_path
 # --- FP16 and INT8 on the ViT hybrid ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fp16_keeps_normalizations_in_fp32(
     exported: Callable[[str], Exported], tmp_path: Path
 ) -> None:
@@ -175,6 +182,7 @@ def test_fp16_keeps_normalizations_in_fp32(
     assert diff <= 1e-2
 
 
+@pytest.mark.slow
 def test_vit_int8_quantizes_backbone_and_blocks_not_patch_proj_norm_head(
     exported: Callable[[str], Exported], tmp_path: Path
 ) -> None:
@@ -278,6 +286,7 @@ def trained_export(
     return run, record, stages
 
 
+@pytest.mark.slow
 def test_export_run_writes_every_file_and_export_json(trained_export) -> None:
     run, record, stages = trained_export
     out = run / "export"
@@ -300,6 +309,7 @@ def test_export_run_writes_every_file_and_export_json(trained_export) -> None:
     assert record["errors"] == {}
 
 
+@pytest.mark.slow
 def test_export_run_parity_on_trained_cnn(trained_export) -> None:
     _, record, _ = trained_export
     files = record["files"]
@@ -318,6 +328,7 @@ def test_export_run_parity_on_trained_cnn(trained_export) -> None:
     assert files["int8"]["parity"]["all_finite"] and files["int8"]["parity"]["agreement"] >= 0.9
 
 
+@pytest.mark.slow
 def test_int8_graph_holds_qdq(trained_export) -> None:
     run, _, _ = trained_export
     q = onnx.load(str(run / "export" / "model.int8.onnx"))
@@ -339,6 +350,7 @@ def copy_run(run: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_requantization_reuses_calibration(
     trained_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -358,6 +370,7 @@ def test_requantization_reuses_calibration(
     assert record["files"]["fp16"]["sha256"] == first["files"]["fp16"]["sha256"]
 
 
+@pytest.mark.slow
 def test_requantization_without_data_reuses_calibration(trained_export, tmp_path: Path) -> None:
     run, first, _ = trained_export
     run = copy_run(run, tmp_path / "run")
@@ -367,6 +380,7 @@ def test_requantization_without_data_reuses_calibration(trained_export, tmp_path
     assert any("no validation images" in w for w in record["warnings"])
 
 
+@pytest.mark.slow
 def test_other_method_or_size_recalibrates(trained_export, tmp_path: Path) -> None:
     run, _, _ = trained_export
     run = copy_run(run, tmp_path / "run")
@@ -380,6 +394,7 @@ def test_other_method_or_size_recalibrates(trained_export, tmp_path: Path) -> No
     assert stored["onnx_sha256"] == record["files"]["fp32"]["sha256"]
 
 
+@pytest.mark.slow
 def test_bad_arguments_are_refused(trained_export) -> None:
     run, _, _ = trained_export
     with pytest.raises(ExportError, match="precision"):
@@ -404,6 +419,7 @@ def crash_while_saving(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx, "save_model", half_then_crash)
 
 
+@pytest.mark.slow
 def test_interrupted_writes_leave_no_partial_file(
     exported: Callable[[str], Exported], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
