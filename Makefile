@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.leukedge-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-fast lint venv clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,12 @@ demo: $(STAMP)
 # pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
 test: $(STAMP)
 	@$(PY) -m pytest -q -ra; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+# The same without the tests marked slow (training, big-model exports): a quick check while editing.
+test-fast: $(STAMP)
+	@$(PY) -m pytest -q -ra -m "not slow"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
 	exit $$rc
 

@@ -31,12 +31,12 @@ class Budgets:
     @classmethod
     def with_overrides(cls, overrides: dict[str, float | None] | None = None) -> Budgets:
         """Defaults with the given (non-None) fields replaced; unknown names are refused."""
-        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - names)
+        unknown = sorted(set(given) - names)
         if unknown:
             raise ValueError(f"unknown budget(s) {unknown}; known: {sorted(names)}")
-        return cls(**{k: float(v) for k, v in overrides.items()})
+        return cls(**{k: float(v) for k, v in given.items()})
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

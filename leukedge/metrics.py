@@ -84,9 +84,12 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """All the figures leukedge reports for a set of predictions.
 
-    ``probs`` is (N, C) class probabilities (or logits: only argmax and ranks are
-    used, so AUROC is the same either way for binary tasks). Binary precision,
-    recall and F1 are those of the positive class (ALL).
+    ``probs`` is (N, C) class probabilities. AUROC ranks one column on its own
+    (the positive class's; with more than two classes, each class against the
+    rest, averaged over the classes where it is defined), so it needs
+    probabilities: a logit column alone does not rank like the softmax. The
+    other figures use only the argmax and are the same for logits. Binary
+    precision, recall and F1 are those of the positive class (ALL).
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)

@@ -44,7 +44,6 @@ class RunDir:
     history_path = property(lambda self: self.path / "history.csv")
     metrics_path = property(lambda self: self.path / "metrics.json")
     export_dir = property(lambda self: self.path / "export")
-    engines_dir = property(lambda self: self.path / "engines")
     bench_dir = property(lambda self: self.path / "bench")
 
     def __repr__(self) -> str:

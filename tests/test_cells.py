@@ -494,6 +494,7 @@ def test_bccd_test_split_white_cells():
     assert total.precision >= 0.90, total
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 @realdata
 def test_bccd_trainval_white_cells():

@@ -3,27 +3,25 @@
 The three architectures are exported once per module at 64 px (untrained: export
 and FP32 parity do not depend on the weights); FP16/INT8 agreement is checked on a
 CNN trained a few steps on drawn cells, where logits are large and classes apart.
+Every test that needs one of these exports or the trained run is marked slow:
+whichever of them runs first pays for it.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import pytest
+from conftest import MakeRun, draw_cell
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 
-from leukedge.data.arrays import load_image_set  # noqa: E402
-from leukedge.data.layouts import load_dataset  # noqa: E402
-from leukedge.data.splits import make_split  # noqa: E402
 from leukedge.export import int8 as int8_mod  # noqa: E402
 from leukedge.export import onnx_export  # noqa: E402
 from leukedge.export.fp16 import convert_fp16  # noqa: E402
@@ -38,76 +36,6 @@ from leukedge.train.models import build_model, default_spec  # noqa: E402
 
 ARCHS = ("cnn", "resnet50", "vit-hybrid")
 SIZE = 64
-
-PINK_BGR = (200, 175, 235)
-
-
-def draw_cell(rng: np.random.Generator, cls: str, side: int = 96) -> np.ndarray:
-    """A pink field with one disc: HEM large and pale, ALL small and dark purple."""
-    img = np.empty((side, side, 3), np.uint8)
-    img[:] = PINK_BGR
-    noise = rng.normal(0, 6, img.shape)
-    img = np.clip(img + noise, 0, 255).astype(np.uint8)
-    cx, cy = (side // 2 + int(v) for v in rng.integers(-8, 9, 2))
-    if cls == "hem":
-        radius, colour = int(rng.integers(28, 36)), (225, 205, 215)
-    else:
-        radius, colour = int(rng.integers(11, 16)), (115, 35, 85)
-    jitter = rng.integers(-12, 13, 3)
-    fill = tuple(int(c + j) for c, j in zip(colour, jitter, strict=True))
-    cv2.circle(img, (cx, cy), radius, fill, -1)
-    return cv2.GaussianBlur(img, (3, 3), 0)
-
-
-def make_dataset(root: Path, subjects_per_class: int = 4, per_subject: int = 6) -> Path:
-    """Class folders ``hem/`` and ``all/`` with ``subjects.csv`` (one class per subject)."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for cls in ("hem", "all"):
-        (root / cls).mkdir(parents=True, exist_ok=True)
-        for s in range(subjects_per_class):
-            subject = f"{cls[0].upper()}{s}"
-            for i in range(per_subject):
-                name = f"{cls}/{subject}_{i}.png"
-                cv2.imwrite(str(root / name), draw_cell(rng, cls))
-                rows.append({"file": name, "subject": subject})
-    with open(root / "subjects.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "subject"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
-
-def make_trained_run(
-    root: Path, arch: str = "cnn", size: int = 64, steps: int = 40, lr: float = 0.05
-) -> Path:
-    """A run dir (spec.json, split.json, checkpoint.pt) of ``arch`` trained ``steps`` SGD steps."""
-    data = make_dataset(root / "data")
-    run = root / f"run-{arch}"
-    run.mkdir(parents=True)
-    ds = load_dataset(data)
-    split = make_split(ds, seed=0)
-    split.save(run / "split.json", ds)
-    spec = default_spec(arch, ds.classes, ds.positive_class, size, "context", 0.5)
-    spec.save(run / "spec.json")
-    train = load_image_set(split.records(ds, "train"), spec)
-    torch.manual_seed(0)
-    model = build_model(arch, spec.num_classes, size)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    x, y = torch.from_numpy(train.x), torch.from_numpy(train.labels)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (16,), generator=gen)
-        xb = x[idx]
-        if torch.rand((), generator=gen) < 0.5:
-            xb = xb.flip(3)
-        loss = torch.nn.functional.cross_entropy(model(xb), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.save(model.state_dict(), run / "checkpoint.pt")
-    return run
 
 
 # --- shared exports -----------------------------------------------------------------
@@ -157,6 +85,7 @@ def fed_by_dequantize(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
 # --- FP32 export ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fp32_export_matches_pytorch_at_any_batch(
     exported: Callable[[str], Exported], arch: str
@@ -178,6 +107,7 @@ def test_fp32_export_matches_pytorch_at_any_batch(
             assert diff <= 1e-4, f"{arch} {name} batch {n}: max |Δlogit| {diff}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fp32_graph_contract(exported: Callable[[str], Exported], arch: str) -> None:
     _, spec, result = exported(arch)
@@ -195,6 +125,7 @@ def test_fp32_graph_contract(exported: Callable[[str], Exported], arch: str) -> 
     assert result.seconds > 0 and result.graph["nodes"] == len(model.graph.node)
 
 
+@pytest.mark.slow
 def test_vit_hybrid_graph_is_folded_for_its_input_size(
     exported: Callable[[str], Exported],
 ) -> None:
@@ -215,6 +146,7 @@ def test_vit_hybrid_graph_is_folded_for_its_input_size(
     assert "head/Gemm" in names and "norm/LayerNormalization" in names
 
 
+@pytest.mark.slow
 def test_opset_below_17_is_refused(exported: Callable[[str], Exported], tmp_path: Path) -> None:
     model, spec, _ = exported("cnn")
     with pytest.raises(ExportError, match="opset"):
@@ -225,6 +157,7 @@ def test_opset_below_17_is_refused(exported: Callable[[str], Exported], tmp_path
 # --- FP16 and INT8 on the ViT hybrid ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fp16_keeps_normalizations_in_fp32(
     exported: Callable[[str], Exported], tmp_path: Path
 ) -> None:
@@ -249,6 +182,7 @@ def test_fp16_keeps_normalizations_in_fp32(
     assert diff <= 1e-2
 
 
+@pytest.mark.slow
 def test_vit_int8_quantizes_backbone_and_blocks_not_patch_proj_norm_head(
     exported: Callable[[str], Exported], tmp_path: Path
 ) -> None:
@@ -342,13 +276,17 @@ def test_unknown_calibration_method_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[str]]:
-    run = make_trained_run(tmp_path_factory.mktemp("trained"), "cnn", size=32, steps=20)
+def trained_export(
+    make_run: MakeRun, drawn_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict, list[str]]:
+    trained = make_run(drawn_data, model="cnn", img_size=32, steps=20)
+    run = shutil.copytree(trained, tmp_path_factory.mktemp("trained") / "run")
     stages: list[str] = []
     record = export_run(run, progress=lambda stage, done, total: stages.append(stage))
     return run, record, stages
 
 
+@pytest.mark.slow
 def test_export_run_writes_every_file_and_export_json(trained_export) -> None:
     run, record, stages = trained_export
     out = run / "export"
@@ -371,6 +309,7 @@ def test_export_run_writes_every_file_and_export_json(trained_export) -> None:
     assert record["errors"] == {}
 
 
+@pytest.mark.slow
 def test_export_run_parity_on_trained_cnn(trained_export) -> None:
     _, record, _ = trained_export
     files = record["files"]
@@ -389,6 +328,7 @@ def test_export_run_parity_on_trained_cnn(trained_export) -> None:
     assert files["int8"]["parity"]["all_finite"] and files["int8"]["parity"]["agreement"] >= 0.9
 
 
+@pytest.mark.slow
 def test_int8_graph_holds_qdq(trained_export) -> None:
     run, _, _ = trained_export
     q = onnx.load(str(run / "export" / "model.int8.onnx"))
@@ -410,6 +350,7 @@ def copy_run(run: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_requantization_reuses_calibration(
     trained_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -429,6 +370,7 @@ def test_requantization_reuses_calibration(
     assert record["files"]["fp16"]["sha256"] == first["files"]["fp16"]["sha256"]
 
 
+@pytest.mark.slow
 def test_requantization_without_data_reuses_calibration(trained_export, tmp_path: Path) -> None:
     run, first, _ = trained_export
     run = copy_run(run, tmp_path / "run")
@@ -438,6 +380,7 @@ def test_requantization_without_data_reuses_calibration(trained_export, tmp_path
     assert any("no validation images" in w for w in record["warnings"])
 
 
+@pytest.mark.slow
 def test_other_method_or_size_recalibrates(trained_export, tmp_path: Path) -> None:
     run, _, _ = trained_export
     run = copy_run(run, tmp_path / "run")
@@ -451,6 +394,7 @@ def test_other_method_or_size_recalibrates(trained_export, tmp_path: Path) -> No
     assert stored["onnx_sha256"] == record["files"]["fp32"]["sha256"]
 
 
+@pytest.mark.slow
 def test_bad_arguments_are_refused(trained_export) -> None:
     run, _, _ = trained_export
     with pytest.raises(ExportError, match="precision"):
@@ -475,6 +419,7 @@ def crash_while_saving(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx, "save_model", half_then_crash)
 
 
+@pytest.mark.slow
 def test_interrupted_writes_leave_no_partial_file(
     exported: Callable[[str], Exported], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

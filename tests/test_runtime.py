@@ -1,8 +1,8 @@
 """The microscope runtime: classifier loading and backend choice, sources, the pipeline, the CLI.
 
-Fast and offline: a tiny untrained CNN exported to ONNX here (torch only in this
-test code) and the synthetic frames of ``synth_data``; one test uses the trained
-run of ``conftest`` for the ground-truth hook.
+Fast and offline: a small CNN run exported to ONNX by ``conftest``'s ``make_run``
+(torch only in the test code) and the synthetic frames of ``synth_data``; one test
+uses the trained run of ``conftest`` for the ground-truth hook.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from conftest import MakeRun
 
 from leukedge.runtime.backends.base import BackendError
 from leukedge.runtime.cells import Cell
@@ -40,7 +41,7 @@ from leukedge.runtime.sources import (
     parse_csi,
 )
 from leukedge.runtime.stats import StageStats, blast_ratio, percentiles
-from leukedge.spec import ONNX_METADATA_KEY, ModelSpec
+from leukedge.spec import ModelSpec
 
 SIZE = 48
 REPO = Path(__file__).resolve().parents[1]
@@ -49,56 +50,10 @@ REPO = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------- fixtures
 
 
-def export_tiny_onnx(path: Path, spec: ModelSpec, seed: int = 0) -> Path:
-    """An untrained leukedge CNN as ONNX with the spec embedded (what `leukedge export` makes)."""
-    import warnings
-
-    import onnx
-    import torch
-
-    from leukedge.train.models import build_model
-
-    torch.manual_seed(seed)
-    model = build_model("cnn", spec.num_classes, spec.input_size).eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            torch.zeros(1, *spec.input_shape),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-        )
-    proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, spec.to_json()
-    onnx.save(proto, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run dir with spec.json and export/model.{fp32,int8}.onnx of an untrained CNN."""
-    run = tmp_path_factory.mktemp("tiny") / "run"
-    spec = ModelSpec(arch="cnn", input_size=SIZE, crop_style="context")
-    spec.save(run / "spec.json")
-    fp32 = export_tiny_onnx(run / "export" / "model.fp32.onnx", spec)
-    from leukedge.export.int8 import quantize_int8
-
-    x = np.random.default_rng(0).standard_normal((8, 3, SIZE, SIZE)).astype(np.float32)
-    quantize_int8(
-        fp32,
-        run / "export" / "model.int8.onnx",
-        run / "export" / "calibration.json",
-        images=lambda: (x, [f"r{i}" for i in range(len(x))]),
-        image_count=len(x),
-        images_id="random",
-    )
-    return run
+def tiny_run(make_run: MakeRun, drawn_data: Path) -> Path:
+    """A small CNN (32 px, a few SGD steps on drawn cells) exported to fp32 and int8 ONNX."""
+    return make_run(drawn_data, model="cnn", img_size=32, steps=20, export=("fp32", "int8"))
 
 
 @pytest.fixture(scope="module")

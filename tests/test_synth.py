@@ -191,6 +191,7 @@ def test_recovers_from_an_interrupted_run(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_learnable_but_not_trivial() -> None:
     """Logistic regression on 16x16 gray pixels, 4-fold by subject (each fold 2 ALL + 2 healthy).
 

@@ -156,7 +156,7 @@ def subject_split(
             for r in members[uid]:
                 assignment[r.path] = split
     check_no_subject_leak(dataset, assignment)
-    return Split(assignment, unit, "subject", seed, tuple(fractions), warnings)
+    return Split(assignment, unit, "subject", seed, fractions, warnings)
 
 
 def official_split(dataset: Dataset, val_fraction: float = 0.15, seed: int = 0) -> Split:

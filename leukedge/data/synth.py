@@ -156,7 +156,9 @@ def _outline(theta: np.ndarray, harm: np.ndarray) -> np.ndarray:
     return out
 
 
-def _soft_inside(radius_map: np.ndarray, dist: np.ndarray, edge: float) -> np.ndarray:
+def _soft_inside(
+    radius_map: np.ndarray | np.floating[Any], dist: np.ndarray, edge: float
+) -> np.ndarray:
     """Anti-aliased inside-mask: 1 well inside, 0 outside, linear over ``edge`` px."""
     return np.clip((radius_map - dist) / edge + 0.5, 0.0, 1.0)
 
@@ -396,7 +398,7 @@ def _develop(
     eos = (scene.eosin + np.float32(style.plasma)) * np.float32(style.eosin_strength)
     stains = np.array([style.hema_od, style.baso_od, style.eosin_od], np.float32).T
     od = cv2.transform(cv2.merge([hema, scene.baso, eos]), stains)
-    img = cv2.exp(-od)
+    img: np.ndarray = cv2.exp(-od)
     img *= light
     sigma = style.blur * scale
     if sigma > 0.2:

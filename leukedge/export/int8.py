@@ -284,12 +284,6 @@ def ort_payload(tensors: Any) -> dict[str, Any]:
     return json.loads(json.dumps(tensors, cls=CalibrationCacheEncoder))
 
 
-def tensors_from_payload(payload: dict[str, Any]) -> Any:
-    from onnxruntime.quantization.calibrate import TensorsData
-
-    return TensorsData.from_dict(payload)
-
-
 def nonfinite(ranges: dict[str, list[float]]) -> list[str]:
     return sorted(k for k, (lo, hi) in ranges.items() if not (np.isfinite(lo) and np.isfinite(hi)))
 

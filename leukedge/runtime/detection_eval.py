@@ -93,7 +93,7 @@ def match_boxes(
 ) -> MatchResult:
     """Greedy one-to-one matching by decreasing IoU; pairs below the threshold never match."""
     m = iou_matrix(pred, truth)
-    order = np.argsort(-m, axis=None, kind="stable") if m.size else []
+    order = np.argsort(-m, axis=None, kind="stable")  # empty when either side is
     ranked = (divmod(int(flat), m.shape[1]) for flat in order)
     pairs = greedy_pairs(takewhile(lambda ij: m[ij] >= iou_threshold, ranked))
     tp = len(pairs)

@@ -34,7 +34,6 @@ from leukedge.imaging.images import (
 )
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".ts")
-LIVE_KINDS = ("camera", "csi", "rtsp", "gst")
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -72,14 +71,33 @@ class Frame:
 
 
 class Source(Protocol):
-    """What the pipeline needs from any source."""
+    """What the pipeline needs from any source (read-only: the source keeps them up to date)."""
 
-    kind: str  # "images" | "video" | "camera" | "csi" | "rtsp" | "gst"
-    description: str
-    live: bool
-    total: int | None  # frames the source will yield when known (image lists, video files)
-    fps: float | None  # frame rate when the source knows it (for writing an annotated video)
-    end_reason: str | None  # why iteration ended, once it has
+    @property
+    def kind(self) -> str:
+        """One of images, video, camera, csi, rtsp, gst."""
+        ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def live(self) -> bool: ...
+
+    @property
+    def total(self) -> int | None:
+        """Frames the source will yield when known (image lists, video files)."""
+        ...
+
+    @property
+    def fps(self) -> float | None:
+        """Frame rate when the source knows it (for writing an annotated video)."""
+        ...
+
+    @property
+    def end_reason(self) -> str | None:
+        """Why iteration ended, once it has."""
+        ...
 
     def __iter__(self) -> Iterator[Frame]: ...
 
@@ -115,7 +133,7 @@ def build_has(feature: str, section: str | None = None) -> bool:
         start = info.find(section)
         info = info[start:] if start >= 0 else info
     m = re.search(rf"^\s*{re.escape(feature)}:\s*(\S+)", info, re.M | re.I)
-    return bool(m) and m.group(1).upper().startswith("YES")
+    return m is not None and m.group(1).upper().startswith("YES")
 
 
 def gstreamer_available() -> bool:
@@ -193,7 +211,9 @@ def _image_list(paths: list[Path], text: str) -> list[Path]:
 # --------------------------------------------------------------------------- captures
 
 
-def _video_capture(target: str | int, api: int, params: list[int] | None = None) -> Capture:
+def _video_capture(
+    target: str | int, api: int, params: list[int] | None = None
+) -> cv2.VideoCapture:
     if params:
         return cv2.VideoCapture(target, api, params)
     return cv2.VideoCapture(target, api)
@@ -457,50 +477,58 @@ def open_source(
     text = str(text).strip()
     if not text:
         raise SourceError("empty source")
-    live = dict(max_frames=max_frames, retries=retries, backoff_s=backoff_s, sleep=sleep)
+
+    def live(kind: str, description: str, default: Callable[[], Capture], hint: str) -> LiveSource:
+        return LiveSource(
+            kind,
+            description,
+            opener or default,
+            max_frames=max_frames,
+            retries=retries,
+            backoff_s=backoff_s,
+            sleep=sleep,
+            hint=hint,
+        )
+
     low = text.lower()
     if low.startswith("camera:"):
         target, api = _camera_target(text[7:])
-        return LiveSource(
+        return live(
             "camera",
             f"camera {target}",
-            opener or (lambda: _camera_capture(target, api)),
+            lambda: _camera_capture(target, api),
             hint="Check that the camera is plugged in and not used by another program "
             "(`v4l2-ctl --list-devices` lists cameras).",
-            **live,
         )
     if low.startswith("csi:"):
         sensor, w, h, fps = parse_csi(text[4:])
         if opener is None:
             require_gstreamer(f"csi:{text[4:]}")
         pipeline = csi_pipeline(sensor, w, h, fps)
-        return LiveSource(
+        return live(
             "csi",
             f"CSI camera {sensor} ({w}x{h}@{fps})",
-            opener or (lambda: _video_capture(pipeline, cv2.CAP_GSTREAMER)),
+            lambda: _video_capture(pipeline, cv2.CAP_GSTREAMER),
             hint=f"Pipeline: {pipeline}. Check the sensor with "
             f"`gst-launch-1.0 nvarguscamerasrc sensor-id={sensor} num-buffers=1 ! fakesink` "
             "and that nvargus-daemon is running.",
-            **live,
         )
     if low.startswith("gst:"):
         pipeline = gst_pipeline(text[4:])
         if opener is None:
             require_gstreamer("a gst: source")
-        return LiveSource(
+        return live(
             "gst",
             f"GStreamer pipeline {pipeline}",
-            opener or (lambda: _video_capture(pipeline, cv2.CAP_GSTREAMER)),
+            lambda: _video_capture(pipeline, cv2.CAP_GSTREAMER),
             hint="Test the pipeline with gst-launch-1.0 (replace appsink with fakesink).",
-            **live,
         )
     if low.startswith(STREAM_PREFIXES):
-        return LiveSource(
+        return live(
             "rtsp",
             _redact(text),
-            opener or (lambda: _video_capture(text, cv2.CAP_ANY, _stream_params())),
+            lambda: _video_capture(text, cv2.CAP_ANY, _stream_params()),
             hint="Check the URL, credentials and network (ffplay or VLC opens the same URL).",
-            **live,
         )
     return _open_path(text, max_frames, opener)
 

@@ -5,7 +5,6 @@ from leukedge.runtime.backends.base import (
     BackendError,
     BackendUnavailable,
     infer_in_batches,
-    warmup,
 )
 from leukedge.runtime.backends.ort import OrtBackend, spec_from_onnx
 
@@ -16,5 +15,4 @@ __all__ = [
     "OrtBackend",
     "infer_in_batches",
     "spec_from_onnx",
-    "warmup",
 ]

@@ -57,14 +57,6 @@ def check_batch(batch: np.ndarray, spec: ModelSpec, max_batch: int | None) -> np
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def warmup(backend: Backend, batch_size: int = 1, iterations: int = 3) -> None:
-    """Run a few batches so lazy allocation and kernel selection happen before timing."""
-    x = np.zeros((batch_size, *backend.spec.input_shape), dtype=np.float32)
-    for _ in range(iterations):
-        backend.infer(x)
-    backend.synchronize()
-
-
 def infer_in_batches(backend: Backend, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Logits for any number of images, respecting the backend's maximum batch."""
     limit = min(batch_size, backend.max_batch or batch_size)

@@ -230,7 +230,7 @@ class PyCudaApi:
         return self.drv.pagelocked_empty(count, np.dtype(dtype))
 
     def host_free(self, array: np.ndarray) -> None:
-        free = getattr(array.base, "free", None)
+        free = getattr(array.base, "free", None)  # pycuda's HostAllocation, not an ndarray
         if free is not None:
             free()
 

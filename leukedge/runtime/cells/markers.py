@@ -247,4 +247,5 @@ def _whole_cores_labelled(cores: np.ndarray, xy: list[list[int]], groups: list[i
             mixed[c] = True
         owner[c] = g + 1
     owner[mixed] = 0
-    return np.take(owner, comp)
+    # cv2's stubs type the labels as integer-or-float; connectedComponents gives int32
+    return np.take(owner, comp)  # type: ignore[arg-type]

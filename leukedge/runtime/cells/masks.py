@@ -99,6 +99,7 @@ def cell_mask(maps: StainMaps, joined: np.ndarray, d: float, tuning: Tuning) -> 
     cyto = (dens > tuning.cyto_density) & (nucl > tuning.cyto_eosin)
     near = cv2.dilate(joined, _disc(tuning.cyto_reach * d)) > 0
     m = ((cyto & near) | (joined > 0)).astype(np.uint8)
-    m = cv2.morphologyEx(m, cv2.MORPH_OPEN, _disc(0.08 * d))
+    # cv2's stubs type every result as integer-or-float; the opening of a uint8 mask is uint8
+    m = cv2.morphologyEx(m, cv2.MORPH_OPEN, _disc(0.08 * d))  # type: ignore[assignment]
     m |= joined
     return fill_small_holes(m, 0.25 * d * d)

@@ -139,7 +139,7 @@ def shrink_mask(mask: np.ndarray, scale: float) -> np.ndarray:
     return (cv2.resize(mask * 255, size, interpolation=cv2.INTER_AREA) > 127).view(np.uint8)
 
 
-def _central_window(img: np.ndarray, max_pixels: int) -> np.ndarray:
+def _central_window(img: np.ndarray, max_pixels: float) -> np.ndarray:
     """The centre of ``img`` with at most about ``max_pixels`` pixels (all of it when smaller)."""
     h, w = img.shape[:2]
     f = np.sqrt(max_pixels / (h * w))
@@ -171,7 +171,7 @@ def estimate_cell_diameter(maps: StainMaps, tuning: Tuning = Tuning()) -> float 
         rbc = red_cell_diameter(fill_pale_centres(red))
         if rbc is not None and rbc >= 2.0:  # however coarse: a finer copy can refine it
             return rbc * WBC_DIAMETER_UM / RBC_DIAMETER_UM
-    nuc = (maps.nuclear > tuning.nuclear_od).astype(np.uint8)
+    nuc: np.ndarray = (maps.nuclear > tuning.nuclear_od).astype(np.uint8)
     nuc = cv2.morphologyEx(nuc, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
     contours, _ = cv2.findContours(nuc, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     biggest = max((cv2.contourArea(c) for c in contours), default=0.0)

@@ -232,7 +232,7 @@ def split_cells(
     (x0, y0, x1, y1) of each label 1..n, in working pixels.
     """
     h, w = cells.shape
-    labels = np.zeros((h, w), dtype=np.int32)
+    labels: np.ndarray = np.zeros((h, w), dtype=np.int32)
     boxes: list[tuple[int, int, int, int]] = []
     contours, _ = cv2.findContours(cells, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:

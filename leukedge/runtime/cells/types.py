@@ -54,10 +54,10 @@ class Tuning:
     """
 
     working_diameter: float = 25.0  # largest D in working-image pixels
-    coarse_side: int = 256  # longest side of the image the scale is measured on
+    coarse_side: float = 256  # longest side of the image the scale is measured on
     fine_rbc: float = 9.0  # red cells narrower than this (px) there: measure again, larger
     reuse_scale: float = 0.15  # a copy this close (fraction) to the working scale is reused
-    scale_pixels: int = 100_000  # red cells are measured in a central window of this many pixels
+    scale_pixels: float = 100_000  # red cells are measured in a central window of this many pixels
     nuclear_od: float = 0.16  # OD_red - OD_blue above which a pixel is nuclear stain
     valley: float = 0.3  # stain valley (Hessian, OD/px^2) that separates pressed nuclei
     texture_hole: float = 0.03  # valley holes smaller than this (x D^2) are chromatin texture
