@@ -30,9 +30,12 @@ test-fast: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
 	exit $$rc
 
+# Style, types, and the floors of the package (import-linter contracts in pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check leukedge tests benchmarks
 	$(VENV)/bin/ruff format --check leukedge tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

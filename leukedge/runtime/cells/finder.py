@@ -70,9 +70,15 @@ class CellFinder:
         self.tuning = Tuning.from_kwargs(**tuning)
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec, **kwargs: float) -> CellFinder:
+    def from_spec(
+        cls,
+        spec: ModelSpec,
+        cell_diameter_px: float | None = None,
+        um_per_px: float | None = None,
+        **tuning: float,
+    ) -> CellFinder:
         """A finder whose cells come with classifier-ready crops for ``spec``."""
-        return cls(spec=spec, **kwargs)
+        return cls(cell_diameter_px, um_per_px, spec=spec, **tuning)
 
     @property
     def known_diameter(self) -> float | None:
