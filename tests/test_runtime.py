@@ -1,8 +1,7 @@
 """The microscope runtime: classifier loading and backend choice, sources, the pipeline, the CLI.
 
 Fast and offline: a small CNN run exported to ONNX by ``conftest``'s ``make_run``
-(torch only in the test code) and the synthetic frames of ``synth_data``; one test
-uses the trained run of ``conftest`` for the ground-truth hook.
+(torch only in the test code) and the synthetic frames of ``synth_data``.
 """
 
 from __future__ import annotations
@@ -702,16 +701,11 @@ def test_score_frames_matches_boxes_and_classes() -> None:
 
 @pytest.mark.slow
 def test_run_on_synthetic_frames_with_the_trained_run(
-    trained_run: Path, synth_data: Path, tmp_path: Path
+    tiny_run: Path, synth_data: Path, tmp_path: Path
 ) -> None:
-    from leukedge.export import export_run
     from leukedge.runtime.groundtruth import run_on_synthetic_frames
 
-    run = shutil.copytree(
-        trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("export", "engines")
-    )
-    export_run(run, precisions=("fp32", "int8"))
-    r = run_on_synthetic_frames(run, synth_data, tmp_path / "out")
+    r = run_on_synthetic_frames(tiny_run, synth_data, tmp_path / "out")
     truth = sum(
         len(f["cells"])
         for f in json.loads((synth_data / "frames" / "annotations.json").read_text())["frames"]
