@@ -442,6 +442,70 @@ def test_int8_graph_holds_qdq(trained_export) -> None:
             assert "QuantizeLinear" not in readers, node.name
 
 
+def test_export_json_says_tensorrt_parses_every_file(trained_export) -> None:
+    _, record, stages = trained_export
+    for precision, entry in record["files"].items():
+        assert entry["tensorrt_compatible"] is True, (precision, entry["tensorrt_issues"])
+        assert entry["tensorrt_issues"] == []
+    settings = record["files"]["int8"]["settings"]
+    assert settings["quantize_bias"] is False and settings["output_quantization"] is False
+    assert record["files"]["int8"]["residual_adds_quantized"] == 0  # the CNN has no skips
+    assert "check for TensorRT" in stages
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "cnn",
+        pytest.param("resnet50", marks=pytest.mark.slow),
+        pytest.param("vit-hybrid", marks=pytest.mark.slow),
+    ],
+)
+def test_every_arch_exports_an_int8_file_tensorrt_parses(
+    tmp_path_factory: pytest.TempPathFactory, arch: str
+) -> None:
+    """Untrained but for two steps, at 32 px: placement and parser rules do not need more."""
+    run = make_trained_run(tmp_path_factory.mktemp(arch), arch, size=32, steps=2, lr=0.01)
+    record = export_run(run, precisions=("int8",))
+    int8 = record["files"]["int8"]
+    assert int8["tensorrt_compatible"] is True, int8["tensorrt_issues"]
+    assert_tensorrt_int8_rules(run / "export" / "model.int8.onnx")
+    # ResNet-50's 16 bottlenecks each fuse Conv+Add; the hybrid's stem has a norm in between.
+    assert int8["residual_adds_quantized"] == {"cnn": 0, "resnet50": 16, "vit-hybrid": 0}[arch]
+    assert int8["parity_qdq_reference"]["all_finite"]
+
+
+def test_incompatible_int8_fails_the_export_unless_allowed(
+    trained_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TensorRT that parsed opsets up to 17 only: every file is refused, the INT8 one fails."""
+    from typer.testing import CliRunner
+
+    from leukedge.cli import app
+    from leukedge.export import trt_compat
+    from leukedge.export.pipeline import TensorRTIncompatibleError
+
+    run = copy_run(trained_export[0], tmp_path / "run")
+    monkeypatch.setattr(trt_compat, "OPSET_RANGE", (9, 17))
+    with pytest.raises(TensorRTIncompatibleError, match="opset 18 is outside 9-17"):
+        export_run(run, precisions=("int8",))
+    written = json.loads((run / "export" / "export.json").read_text())
+    assert written["files"]["int8"]["tensorrt_compatible"] is False
+    assert any("fp32: TensorRT's ONNX parser would refuse" in w for w in written["warnings"])
+
+    runner = CliRunner()
+    refused = runner.invoke(app, ["export", str(run), "--precision", "int8"])
+    assert refused.exit_code == 1, refused.output
+    text = " ".join(refused.output.split())  # rich wraps long lines
+    assert "model.int8.onnx: opset 18 is outside 9-17" in text and "--allow-incompatible" in text
+    allowed = runner.invoke(
+        app, ["export", str(run), "--precision", "int8", "--allow-incompatible"]
+    )
+    assert allowed.exit_code == 0, allowed.output
+    text = " ".join(allowed.output.split())
+    assert "refused" in text and "would refuse model.int8.onnx: opset 18 is outside" in text
+
+
 def copy_run(run: Path, dst: Path) -> Path:
     shutil.copytree(run, dst)
     return dst
