@@ -67,7 +67,7 @@ RESIDUAL_OP = "Add"
 # Tensors calibrated: every input and output of these ops (the residual Adds' skip inputs too).
 CALIB_OP_TYPES = (*QUANT_OP_TYPES, RESIDUAL_OP)
 # Output-channel axis of weights where it is fixed (Gemm's follows transB, ORT reads it).
-PER_CHANNEL_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1}
+PER_CHANNEL_AXIS = {"Conv": 0, "MatMul": 1}
 # Images per calibrator pass, run as one batch: bounds the memory of histogram methods,
 # which keep every activation of a pass, and keeps batch shapes equal within a pass
 # (ORT's histogram collector stacks them and fails on a short last batch).
@@ -397,6 +397,7 @@ def quantize_int8(
         exclude = sorted(set(reasons["float_scopes"]) | set(reasons["nonfinite"]))
         residual = _quantize(
             pre,
+            pre_model,
             dst,
             stored["ort_tensors_data"],
             method_enum(stored["method"]),
@@ -475,6 +476,7 @@ def nodes_touching(model: onnx.ModelProto, tensors: list[str]) -> list[str]:
 
 def _quantize(
     pre: Path,
+    float_model: onnx.ModelProto,
     dst: Path,
     payload: dict[str, Any],
     method: Any,
@@ -492,7 +494,6 @@ def _quantize(
         raise Int8Error("this onnxruntime is too old: quantize_static has no calibration cache")
     cache = work / "ranges.json"
     cache.write_text(json.dumps(payload))
-    float_model = onnx.load(str(pre))
     fused = {
         add: tensor
         for add, tensor in placement.residual_adds(float_model).items()
@@ -518,7 +519,7 @@ def _quantize(
         _carry_metadata(float_model, model)
         onnx.save_model(model, str(tmp))
         check_quantized(tmp, exclude, dst.name)  # before the file takes its final name
-    return len(fused)
+    return len(placement.quantized_skips(model, fused))
 
 
 def extra_options() -> dict[str, Any]:

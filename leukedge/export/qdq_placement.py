@@ -170,6 +170,20 @@ def drop_non_residual_qdq(model: onnx.ModelProto, fused_inputs: dict[str, str]) 
     return removed
 
 
+def quantized_skips(model: onnx.ModelProto, fused_inputs: dict[str, str]) -> list[str]:
+    """The residual Adds of the quantized graph whose skip input comes from a DequantizeLinear."""
+    index = GraphIndex(model)
+    out = []
+    for node in model.graph.node:
+        if node.name not in fused_inputs:
+            continue
+        skips = [i for i in node.input if i != fused_inputs[node.name]]
+        made_by = [index.producer.get(i) for i in skips]
+        if made_by and all(p is not None and p.op_type == "DequantizeLinear" for p in made_by):
+            out.append(node.name)
+    return out
+
+
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     used = {i for n in model.graph.node for i in n.input}
     used |= {o.name for o in model.graph.output}
