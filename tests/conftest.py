@@ -99,7 +99,9 @@ def _train_loop(data: Path, out: Path, model: str, img_size: int, epochs: int) -
     train(cfg)
 
 
-def _train_steps(data: Path, out: Path, model: str, img_size: int, steps: int) -> None:
+def _train_steps(
+    data: Path, out: Path, model: str, img_size: int, steps: int, lr: float = 0.05
+) -> None:
     """spec.json, split.json and checkpoint.pt after ``steps`` plain SGD steps at a high rate.
 
     Seconds instead of a training run, and the logits come out large with the
@@ -122,7 +124,7 @@ def _train_steps(data: Path, out: Path, model: str, img_size: int, steps: int) -
     torch.manual_seed(0)
     net = build_model(model, spec.num_classes, img_size)
     net.train()
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.labels)
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
@@ -144,7 +146,7 @@ MakeRun = Callable[..., Path]
 def make_run(tmp_path_factory: pytest.TempPathFactory) -> MakeRun:
     """Run dirs made on first request and shared for the session.
 
-    ``make_run(data, model="cnn", img_size=48, epochs=0, steps=0, export=())``
+    ``make_run(data, model="cnn", img_size=48, epochs=0, steps=0, export=(), lr=0.05)``
     trains on the data set folder ``data`` with the training loop for ``epochs``
     or with ``steps`` plain SGD steps (exactly one of them), then exports the
     ``export`` precisions into ``export/`` (a copy: the trained run stays
@@ -160,22 +162,23 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> MakeRun:
         epochs: int = 0,
         steps: int = 0,
         export: tuple[str, ...] = (),
+        lr: float = 0.05,
     ) -> Path:
         if (epochs > 0) == (steps > 0):
             raise ValueError(f"give epochs or steps, not both nor neither: {epochs=} {steps=}")
-        key = (str(data), model, img_size, epochs, steps, tuple(export))
+        key = (str(data), model, img_size, epochs, steps, tuple(export), lr)
         if key in runs:
             return runs[key]
         out = tmp_path_factory.mktemp("runs") / model
         if export:
             from leukedge.export import export_run
 
-            shutil.copytree(make(data, model, img_size, epochs, steps), out)
+            shutil.copytree(make(data, model, img_size, epochs, steps, lr=lr), out)
             export_run(out, precisions=export)
         elif epochs:
             _train_loop(data, out, model, img_size, epochs)
         else:
-            _train_steps(data, out, model, img_size, steps)
+            _train_steps(data, out, model, img_size, steps, lr)
         runs[key] = out
         return out
 

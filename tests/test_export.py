@@ -22,6 +22,7 @@ from conftest import MakeRun, draw_cell
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 
+from leukedge.artifacts import read_export_record  # noqa: E402
 from leukedge.export import int8 as int8_mod  # noqa: E402
 from leukedge.export import onnx_export  # noqa: E402
 from leukedge.export.fp16 import convert_fp16  # noqa: E402
@@ -328,21 +329,122 @@ def test_export_run_parity_on_trained_cnn(trained_export) -> None:
     assert files["int8"]["parity"]["all_finite"] and files["int8"]["parity"]["agreement"] >= 0.9
 
 
+def dequantize_inputs(model: onnx.ModelProto) -> dict[str, int]:
+    """DequantizeLinear name -> element type of its input (initializer or QuantizeLinear)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    made_by = producers(model)
+    out = {}
+    for n in model.graph.node:
+        if n.op_type != "DequantizeLinear":
+            continue
+        src = n.input[0]
+        if src in inits:
+            out[n.name] = inits[src].data_type
+        else:
+            q = made_by[src]
+            assert q.op_type == "QuantizeLinear", n.name
+            out[n.name] = inits[q.input[2]].data_type
+    return out
+
+
+def assert_tensorrt_int8_rules(path: Path) -> None:
+    """int8 into every DequantizeLinear, zero points 0, float biases, float logits."""
+    q = onnx.load(str(path))
+    assert set(dequantize_inputs(q).values()) == {onnx.TensorProto.INT8}
+    qdq = [n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    inits = {t.name: t for t in q.graph.initializer}
+    for node in qdq:
+        zero = onnx.numpy_helper.to_array(inits[node.input[2]])
+        assert zero.dtype == np.int8 and (zero == 0).all(), node.name
+        scale = onnx.numpy_helper.to_array(inits[node.input[1]])
+        assert np.isfinite(scale).all() and (scale > 0).all(), node.name
+    for node in q.graph.node:
+        if node.op_type in ("Conv", "Gemm") and len(node.input) > 2:
+            assert inits[node.input[2]].data_type == onnx.TensorProto.FLOAT, node.name
+    assert producers(q)["logits"].op_type not in ("QuantizeLinear", "DequantizeLinear")
+
+
 @pytest.mark.slow
 def test_int8_graph_holds_qdq(trained_export) -> None:
     run, _, _ = trained_export
-    q = onnx.load(str(run / "export" / "model.int8.onnx"))
+    path = run / "export" / "model.int8.onnx"
+    q = onnx.load(str(path))
     ops = [n.op_type for n in q.graph.node]
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
     convs = [n for n in q.graph.node if n.op_type == "Conv"]
     assert convs and all(fed_by_dequantize(q, n) for n in convs)
-    zero_points = [
-        onnx.numpy_helper.to_array(t) for t in q.graph.initializer if t.name.endswith("zero_point")
-    ]
-    # Symmetric: every zero point is 0; int8 for weights and activations (int32 for biases).
-    assert zero_points and all((z == 0).all() for z in zero_points)
-    assert {z.dtype for z in zero_points} <= {np.dtype(np.int8), np.dtype(np.int32)}
-    assert np.dtype(np.int8) in {z.dtype for z in zero_points}
+    # Symmetric int8 everywhere, biases left in float (TensorRT refuses int32 into a DQ).
+    assert_tensorrt_int8_rules(path)
+    made_by = producers(q)
+    for node in q.graph.node:  # inputs of weighted ops quantized, their outputs not
+        if node.op_type in ("Conv", "Gemm"):
+            assert made_by[node.input[1]].op_type == "DequantizeLinear"
+            readers = [n.op_type for n in q.graph.node if node.output[0] in n.input]
+            assert "QuantizeLinear" not in readers, node.name
+
+
+def test_export_json_says_tensorrt_parses_every_file(trained_export) -> None:
+    _, record, stages = trained_export
+    for precision, entry in record["files"].items():
+        assert entry["tensorrt_compatible"] is True, (precision, entry["tensorrt_issues"])
+        assert entry["tensorrt_issues"] == []
+    settings = record["files"]["int8"]["settings"]
+    assert settings["quantize_bias"] is False and settings["output_quantization"] is False
+    assert record["files"]["int8"]["residual_adds_quantized"] == 0  # the CNN has no skips
+    assert "check for TensorRT" in stages
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "cnn",
+        pytest.param("resnet50", marks=pytest.mark.slow),
+        pytest.param("vit-hybrid", marks=pytest.mark.slow),
+    ],
+)
+def test_every_arch_exports_an_int8_file_tensorrt_parses(
+    make_run: MakeRun, drawn_data: Path, arch: str
+) -> None:
+    """Untrained but for two steps, at 32 px: placement and parser rules do not need more."""
+    run = make_run(drawn_data, model=arch, img_size=32, steps=2, lr=0.01, export=("int8",))
+    record = read_export_record(run)
+    int8 = record["files"]["int8"]
+    assert int8["tensorrt_compatible"] is True, int8["tensorrt_issues"]
+    assert_tensorrt_int8_rules(run / "export" / "model.int8.onnx")
+    # ResNet-50's 16 bottlenecks each fuse Conv+Add; the hybrid's stem has a norm in between.
+    assert int8["residual_adds_quantized"] == {"cnn": 0, "resnet50": 16, "vit-hybrid": 0}[arch]
+    assert int8["parity_qdq_reference"]["all_finite"]
+
+
+def test_incompatible_int8_fails_the_export_unless_allowed(
+    trained_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TensorRT that parsed opsets up to 17 only: every file is refused, the INT8 one fails."""
+    from typer.testing import CliRunner
+
+    from leukedge.cli import app
+    from leukedge.export import trt_compat
+    from leukedge.export.pipeline import TensorRTIncompatibleError
+
+    run = copy_run(trained_export[0], tmp_path / "run")
+    monkeypatch.setattr(trt_compat, "OPSET_RANGE", (9, 17))
+    with pytest.raises(TensorRTIncompatibleError, match="opset 18 is outside 9-17"):
+        export_run(run, precisions=("int8",))
+    written = json.loads((run / "export" / "export.json").read_text())
+    assert written["files"]["int8"]["tensorrt_compatible"] is False
+    assert any("fp32: TensorRT's ONNX parser would refuse" in w for w in written["warnings"])
+
+    runner = CliRunner()
+    refused = runner.invoke(app, ["export", str(run), "--precision", "int8"])
+    assert refused.exit_code == 1, refused.output
+    text = " ".join(refused.output.split())  # rich wraps long lines
+    assert "model.int8.onnx: opset 18 is outside 9-17" in text and "--allow-incompatible" in text
+    allowed = runner.invoke(
+        app, ["export", str(run), "--precision", "int8", "--allow-incompatible"]
+    )
+    assert allowed.exit_code == 0, allowed.output
+    text = " ".join(allowed.output.split())
+    assert "refused" in text and "would refuse model.int8.onnx: opset 18 is outside" in text
 
 
 def copy_run(run: Path, dst: Path) -> Path:

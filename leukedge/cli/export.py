@@ -36,22 +36,35 @@ def export(
     ),
     opset: int = typer.Option(18, help="ONNX opset (>= 18: the exporter's lowest)."),
     data: Path | None = typer.Option(None, help="The run's data, if it moved since training."),
+    allow_incompatible: bool = typer.Option(
+        False,
+        "--allow-incompatible",
+        help="Keep going when TensorRT's ONNX parser would refuse the INT8 file.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print export.json."),
 ) -> None:
     """Export to ONNX: FP32, FP16 (I/O fp32) and INT8 Q/DQ calibrated on the validation split.
 
     Writes RUN/export/model.{fp32,fp16,int8}.onnx, calibration.json and export.json with
-    each file's size, sha256 and parity against PyTorch on the validation split.
+    each file's size, sha256, parity against PyTorch on the validation split and whether
+    TensorRT's ONNX parser will take it. An INT8 file it would refuse is an error (exit 1)
+    unless --allow-incompatible.
     Example: leukedge export runs/r50 --precision fp16,int8 --calib-method entropy
     """
     from leukedge.export import export_run
     from leukedge.export.onnx_export import ExportError
+    from leukedge.export.pipeline import TensorRTIncompatibleError
     from leukedge.progress import RichReporter
 
+    args = (run, precision, calib_method, calib_size, opset, data)
     if as_json:
-        record = export_run(run, precision, calib_method, calib_size, opset, data)
-        print_json(record)
+        try:
+            print_json(export_run(*args, allow_incompatible=allow_incompatible))
+        except TensorRTIncompatibleError as e:
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}")
+            raise typer.Exit(1) from None
         return
+    record, failure, code = None, "", 0
     with RichReporter(console) as rep:
         tasks: dict[str, Any] = {}
 
@@ -61,12 +74,14 @@ def export(
             rep.progress.update(tasks[stage], completed=done, total=total)
 
         try:
-            record = export_run(run, precision, calib_method, calib_size, opset, data, progress)
+            record = export_run(*args, progress, allow_incompatible=allow_incompatible)
+        except TensorRTIncompatibleError as e:  # the files are written, TensorRT refuses one
+            failure, code = str(e), 1
         except ExportError as e:
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}")
-            record = None
+            failure, code = str(e), 2
     if record is None:
-        raise typer.Exit(2)
+        err_console.print(f"[bold red]error:[/] {escape(failure)}")
+        raise typer.Exit(code)
     console.print(export_table(record))
     for w in record["warnings"]:
         console.print(f"[yellow]note:[/] {escape(w)}")
@@ -78,7 +93,15 @@ def export_table(record: dict[str, Any]) -> Table:
     table = Table(
         title=f"{record['arch']} exported; parity vs PyTorch on {record['parity_images']} {record['parity_split']} images"
     )
-    for col in ("precision", "MB", "agreement", "max |Δlogit|", "mean |Δlogit|", "Δ accuracy"):
+    for col in (
+        "precision",
+        "MB",
+        "agreement",
+        "max |Δlogit|",
+        "mean |Δlogit|",
+        "Δ accuracy",
+        "TensorRT",
+    ):
         table.add_column(col, justify="right")
     for precision, entry in record["files"].items():
         parity = entry.get("parity_qdq_reference") or entry.get("parity") or {}
@@ -89,8 +112,18 @@ def export_table(record: dict[str, Any]) -> Table:
             _fmt_sci(parity.get("max_abs_diff")),
             _fmt_sci(parity.get("mean_abs_diff")),
             fmt(parity.get("accuracy_delta")),
+            _fmt_tensorrt(entry),
         )
     return table
+
+
+def _fmt_tensorrt(entry: dict[str, Any]) -> str:
+    """Whether TensorRT's parser takes the file; the reasons are printed as notes."""
+    ok = entry.get("tensorrt_compatible")
+    if ok is None:
+        return "-"
+    issues = len(entry.get("tensorrt_issues") or [])
+    return "parses" if ok else f"[red]refused[/] ({issues} issue{'s' if issues != 1 else ''})"
 
 
 def _fmt_sci(v: Any) -> str:

@@ -5,13 +5,20 @@ Settings and why:
 - ``QuantFormat.QDQ``: precision lives in the graph (QuantizeLinear/DequantizeLinear
   pairs), which is the only INT8 path TensorRT 10+ keeps, and ONNX Runtime runs the
   same file on any CPU.
-- Weights QInt8 symmetric, per channel (per output channel of Conv, axis 1 of
-  MatMul/Gemm weights); activations QInt8 *symmetric* (zero point 0), the only
-  activation form TensorRT accepts.
-- Quantized op types: ``Conv``, ``Gemm``, ``MatMul`` - the weighted ops where INT8
-  pays, and TensorRT's placement rule (Q/DQ at the inputs of weighted layers; it
-  propagates the scales through pooling and fuses the rest). Normalizations,
-  Softmax, GELU and residual adds stay in float, where they keep their accuracy.
+- Weights QInt8 symmetric, per channel along the weight's output-channel axis (axis 0
+  of Conv weights, axis 1 of MatMul weights [in, out], axis 0 or 1 of Gemm weights as
+  ``transB`` says), stored as INT8 initializers read by DequantizeLinear; activations
+  QInt8 *symmetric* (zero point 0, per tensor): TensorRT's only forms.
+- Biases stay float (``QuantizeBias: False``): ONNX Runtime's default int32 bias would
+  be a DequantizeLinear with an int32 input, which TensorRT's dequantize layer refuses
+  ("only activation types allowed as input to this layer"); TensorRT adds the float
+  bias inside the fused int8 kernel itself.
+- Placement as TensorRT fuses (:mod:`leukedge.export.qdq_placement`): Q/DQ on the
+  inputs of ``Conv``, ``Gemm``, ``MatMul``, none on their outputs, so the logits stay
+  float; the skip input of each residual Conv+Add is quantized, the Conv's own output
+  is not. Normalizations, Softmax, GELU and the other adds stay in float. ONNX
+  Runtime on an x86 CPU then runs the convolutions in float on dequantized values
+  (its QLinearConv needs a Q after the Conv): the file is laid out for TensorRT.
 - ViT-like models (timm ``blocks.*`` with ``patch_embed``): the patch embedding
   projection, the final norm and the classifier head stay out of INT8. For the
   hybrid the "patch embedding" is the projection of the CNN stem's features into
@@ -49,12 +56,18 @@ from typing import Any
 import numpy as np
 import onnx
 
+from leukedge.export import qdq_placement as placement
 from leukedge.io import atomic_path, atomic_write_json, read_json, sha256_file
 from leukedge.spec import INPUT_NAME
 
 CALIBRATION_VERSION = 1
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 QUANT_OP_TYPES = ("Conv", "Gemm", "MatMul")
+RESIDUAL_OP = "Add"
+# Tensors calibrated: every input and output of these ops (the residual Adds' skip inputs too).
+CALIB_OP_TYPES = (*QUANT_OP_TYPES, RESIDUAL_OP)
+# Output-channel axis of weights where it is fixed (Gemm's follows transB, ORT reads it).
+PER_CHANNEL_AXIS = {"Conv": 0, "MatMul": 1}
 # Images per calibrator pass, run as one batch: bounds the memory of histogram methods,
 # which keep every activation of a pass, and keeps batch shapes equal within a pass
 # (ORT's histogram collector stacks them and fails on a short last batch).
@@ -79,6 +92,7 @@ class Int8Result:
     excluded_reasons: dict[str, list[str]]
     preprocess: str
     settings: dict[str, Any]
+    residual_adds: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -92,7 +106,11 @@ def settings(per_channel: bool = True) -> dict[str, Any]:
         "activation_symmetric": True,
         "weight_symmetric": True,
         "op_types": list(QUANT_OP_TYPES),
-        "matmul_channel_axis": 1,
+        "calibrated_op_types": list(CALIB_OP_TYPES),
+        "per_channel_axis": {**PER_CHANNEL_AXIS, "Gemm": "0 if transB else 1"},
+        "quantize_bias": False,
+        "output_quantization": False,
+        "residual_add_inputs": True,
     }
 
 
@@ -231,7 +249,7 @@ def run_calibration(
 
     calibrator = create_calibrator(
         model_path,
-        list(QUANT_OP_TYPES),
+        list(CALIB_OP_TYPES),
         augmented_model_path=str(work / f"augmented.{method}.onnx"),
         calibrate_method=method_enum(method),
     )
@@ -371,8 +389,9 @@ def quantize_int8(
             "nonfinite": nodes_touching(pre_model, stored.get("nonfinite_tensors", [])),
         }
         exclude = sorted(set(reasons["float_scopes"]) | set(reasons["nonfinite"]))
-        _quantize(
+        residual = _quantize(
             pre,
+            pre_model,
             dst,
             stored["ort_tensors_data"],
             method_enum(stored["method"]),
@@ -390,6 +409,7 @@ def quantize_int8(
         excluded_reasons={k: v for k, v in reasons.items() if v},
         preprocess=how,
         settings=settings(per_channel),
+        residual_adds=residual,
         warnings=notes + list(stored.get("warnings", [])),
     )
 
@@ -450,57 +470,74 @@ def nodes_touching(model: onnx.ModelProto, tensors: list[str]) -> list[str]:
 
 def _quantize(
     pre: Path,
+    float_model: onnx.ModelProto,
     dst: Path,
     payload: dict[str, Any],
     method: Any,
     exclude: list[str],
     per_channel: bool,
     work: Path,
-) -> None:
-    """``quantize_static`` on stored ranges (its calibration cache), atomically into ``dst``."""
+) -> int:
+    """``quantize_static`` on stored ranges (its calibration cache), atomically into ``dst``.
+
+    Returns the number of residual Adds whose skip input was quantized.
+    """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise Int8Error("this onnxruntime is too old: quantize_static has no calibration cache")
     cache = work / "ranges.json"
     cache.write_text(json.dumps(payload))
+    fused = {
+        add: tensor
+        for add, tensor in placement.residual_adds(float_model).items()
+        if add not in exclude
+    }
     with atomic_path(dst) as tmp, _quiet_ort():
         quantize_static(
             str(pre),
             str(tmp),
             calibration_data_reader=None,
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANT_OP_TYPES),
+            op_types_to_quantize=[*QUANT_OP_TYPES, RESIDUAL_OP] if fused else list(QUANT_OP_TYPES),
             per_channel=per_channel,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude,
+            nodes_to_exclude=exclude + placement.non_residual_adds(float_model, fused),
             calibrate_method=method,
             calibration_cache_path=str(cache),
-            extra_options={
-                "ActivationSymmetric": True,
-                "WeightSymmetric": True,
-                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-            },
+            extra_options=extra_options(),
         )
-        _carry_metadata(pre, tmp)
+        model = onnx.load(str(tmp))
+        placement.drop_non_residual_qdq(model, fused)
+        _carry_metadata(float_model, model)
+        onnx.save_model(model, str(tmp))
         check_quantized(tmp, exclude, dst.name)  # before the file takes its final name
+    return len(placement.quantized_skips(model, fused))
 
 
-def _carry_metadata(src: Path, dst: Path) -> None:
+def extra_options() -> dict[str, Any]:
+    """ONNX Runtime's options for TensorRT's Q/DQ rules (see the module docstring)."""
+    return {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "QuantizeBias": False,
+        "OpTypesToExcludeOutputQuantization": [*QUANT_OP_TYPES, RESIDUAL_OP],
+        "QDQOpTypePerChannelSupportToAxis": dict(PER_CHANNEL_AXIS),
+    }
+
+
+def _carry_metadata(source: onnx.ModelProto, model: onnx.ModelProto) -> None:
     """Keep the ModelSpec and doc string: the quantizer does not promise to."""
-    source = onnx.load(str(src), load_external_data=False)
-    model = onnx.load(str(dst))
     have = {p.key for p in model.metadata_props}
     for prop in source.metadata_props:
         if prop.key not in have:
             model.metadata_props.append(prop)
     model.doc_string = model.doc_string or source.doc_string
-    onnx.save_model(model, str(dst))
 
 
 def check_quantized(path: Path, exclude: list[str], name: str | None = None) -> dict[str, int]:
-    """Refuse a file without Q/DQ nodes or with an excluded node fed by DequantizeLinear."""
+    """Refuse a file without Q/DQ, with a quantized output or an excluded node fed by a DQ."""
     name = name or path.name
     model = onnx.load(str(path))
     counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
@@ -511,6 +548,9 @@ def check_quantized(path: Path, exclude: list[str], name: str | None = None) -> 
         raise Int8Error(
             f"{name} has no QuantizeLinear/DequantizeLinear nodes: nothing was quantized"
         )
+    quantized = placement.quantized_outputs(model)
+    if quantized:
+        raise Int8Error(f"{name}: the network output {', '.join(quantized)} is quantized")
     dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     wanted = set(exclude)
     leaked = [n.name for n in model.graph.node if n.name in wanted and set(n.input) & dq_outputs]

@@ -6,11 +6,15 @@ Writes into ``RUN/export/``::
     model.fp16.onnx   fp16 weights/compute, float32 I/O (built strongly typed by TensorRT)
     model.int8.onnx   Q/DQ, calibrated on the validation split
     calibration.json  the INT8 ranges, reused while the FP32 file and settings match
-    export.json       every file with size, sha256, timings and parity against PyTorch
+    export.json       every file with size, sha256, timings, parity against PyTorch and
+                      whether TensorRT's ONNX parser will take it
 
 Parity is measured on the run's validation split (the INT8 calibration images are
 part of it, so INT8 parity there is a best case; ``leukedge bench`` measures on the
-test split). Every file is written atomically.
+test split). Every file is written atomically. Every file is checked against the
+ONNX-TensorRT parser's rules (:mod:`leukedge.export.trt_compat`) here, on the
+workstation: an INT8 file TensorRT would refuse fails the export unless
+``allow_incompatible`` (export.json and the files are written either way).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from leukedge.data.arrays import ImageSet, load_image_set, stratified_subset
 from leukedge.data.records import DatasetError, Record
 from leukedge.export import fp16 as fp16_mod
 from leukedge.export import int8 as int8_mod
+from leukedge.export import trt_compat
 from leukedge.export.onnx_export import EXPORTER, ExportError, export_onnx
 from leukedge.export.parity import (
     batch_check,
@@ -52,6 +57,12 @@ EXPORT_JSON_VERSION = 1
 PARITY_SPLIT = "val"
 
 Progress = Callable[[str, int, int], None]
+# A file of this precision that TensorRT cannot parse fails the export.
+GATED_PRECISIONS = ("int8",)
+
+
+class TensorRTIncompatibleError(ExportError):
+    """An exported file breaks the ONNX-TensorRT parser's rules; the message lists them."""
 
 
 @dataclass
@@ -75,8 +86,13 @@ def export_run(
     opset: int = 18,
     data: str | Path | None = None,
     progress: Progress | None = None,
+    allow_incompatible: bool = False,
 ) -> dict[str, Any]:
-    """Export a run to ONNX in ``precisions``; returns what was written to export.json."""
+    """Export a run to ONNX in ``precisions``; returns what was written to export.json.
+
+    Raises :class:`TensorRTIncompatibleError` (after writing everything) when the INT8
+    file breaks TensorRT's parser rules, unless ``allow_incompatible``.
+    """
     calib_method = calib_method.strip().lower()
     wanted = _check_args(precisions, calib_method, calib_size)
     run = RunDir(run_dir)
@@ -131,6 +147,9 @@ def export_run(
             errors[precision] = f"{type(e).__name__}: {e}"
     warnings += _budget_warnings(files)
     record = _record(run, spec, checkpoint_sha, files, previous, val, warnings, errors)
+    tell("check for TensorRT", 0, 1)
+    blocked = _tensorrt_verdicts(out_dir, record, allow_incompatible)
+    tell("check for TensorRT", 1, 1)
     tell("write export.json", 0, 1)
     record_path = write_export_record(out_dir, record)
     tell("write export.json", 1, 1)
@@ -139,7 +158,33 @@ def export_run(
             "; ".join(f"{p}: {m}" for p, m in errors.items())
             + f" (the other files and {record_path} were written)"
         )
+    if blocked:
+        raise TensorRTIncompatibleError(
+            "TensorRT's ONNX parser would refuse "
+            + "; ".join(f"{name}: {', '.join(reasons)}" for name, reasons in blocked.items())
+            + f" (written anyway, see {record_path}; pass --allow-incompatible to accept it)"
+        )
     return record
+
+
+def _tensorrt_verdicts(
+    out_dir: Path, record: dict[str, Any], allow_incompatible: bool
+) -> dict[str, list[str]]:
+    """Add each file's TensorRT verdict to ``record``; the gated files TensorRT refuses."""
+    blocked: dict[str, list[str]] = {}
+    for precision, entry in record["files"].items():
+        entry.update(trt_compat.file_verdict(out_dir / entry["file"]))
+        if entry["tensorrt_compatible"]:
+            continue
+        reasons = entry["tensorrt_issues"]
+        if precision in GATED_PRECISIONS and not allow_incompatible:
+            blocked[entry["file"]] = reasons
+        else:
+            record["warnings"].append(
+                f"{precision}: TensorRT's ONNX parser would refuse {entry['file']}: "
+                + "; ".join(reasons)
+            )
+    return blocked
 
 
 def _parity(
@@ -265,6 +310,7 @@ def _quantize(
         "excluded_reasons": result.excluded_reasons,
         "preprocess": result.preprocess,
         "settings": result.settings,
+        "residual_adds_quantized": result.residual_adds,
     }
 
 
