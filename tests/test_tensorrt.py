@@ -1105,21 +1105,10 @@ def test_cuda_python_adapter_pinned_views_graphs_and_errors() -> None:
 # ---------------------------------------------------------------- every model's INT8 export
 
 
-INT32_BIASES = pytest.mark.xfail(
-    strict=False,
-    reason="the INT8 exporter still quantizes Conv/Gemm biases to INT32 DequantizeLinear "
-    "inputs, which TensorRT's parser refuses; a fix to the exporter is under way",
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "arch",
-    [
-        pytest.param("cnn", marks=INT32_BIASES),
-        pytest.param("resnet50", marks=INT32_BIASES),
-        "vit-hybrid",
-    ],
+    ["cnn", "resnet50", "vit-hybrid"],
 )
 def test_int8_export_of_every_model_parses_in_tensorrt(
     arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
