@@ -25,10 +25,10 @@ import pytest
 
 from leukedge.io import OutputError
 from leukedge.runtime.cells import Cell
-from leukedge.runtime.classifier import Classifier
+from leukedge.runtime.classifier import Classifier, EmptyCropError
 from leukedge.runtime.outfolder import LOCK_FILE, FolderLock, new_run_folder
 from leukedge.runtime.pipeline import run_pipeline
-from leukedge.runtime.sources import Frame
+from leukedge.runtime.sources import Frame, open_source
 from leukedge.spec import ONNX_METADATA_KEY, ModelSpec
 
 SIZE = 32
@@ -395,6 +395,41 @@ def test_stale_temps_of_a_killed_run_are_swept_at_start(clf: Classifier, tmp_pat
         p.write_text("x")
     run(clf, frames(1), out)
     assert not any(p.exists() for p in stale) and mine.exists()
+
+
+# --------------------------------------------------------------------------- odd inputs
+
+
+def test_a_glob_through_a_link_loop_finds_each_image_once(tmp_path: Path) -> None:
+    root = write_images(tmp_path / "data", ["a.png"])
+    write_images(root / "sub", ["b.png"])
+    (root / "sub" / "up").symlink_to(root)  # a loop
+    (root / "sub" / "again").symlink_to(root / "sub")  # and another
+    t0 = time.perf_counter()
+    src = open_source(str(root / "**" / "*.png"))
+    assert time.perf_counter() - t0 < 5
+    assert sorted(Path(n).name for n in src.names) == ["a.png", "b.png"]  # type: ignore[attr-defined]
+
+
+def test_empty_crops_are_a_clear_error_or_a_skipped_frame(clf: Classifier, tmp_path: Path) -> None:
+    with pytest.raises(EmptyCropError, match="crop 1 has no pixels"):
+        clf.predict([np.zeros((8, 8, 3), np.uint8), np.zeros((0, 0, 3), np.uint8)])
+    assert clf.predict([]).shape == (0, 2)
+
+    class EmptyCrop(TwoCells):
+        def find(self, frame: np.ndarray) -> list[Cell]:
+            cells = super().find(frame)
+            if frame[0, 0, 0] == 7:
+                cells[0].crop = np.zeros((0, 0, 3), np.uint8)
+            return cells
+
+    imgs = [np.full((32, 32, 3), 7 if i == 1 else 0, np.uint8) for i in range(3)]
+    s = run_pipeline(
+        clf, [Frame(i, f"f{i}", im) for i, im in enumerate(imgs)], tmp_path, finder=EmptyCrop()
+    )
+    assert s["status"] == "completed"
+    assert s["frames"] == {"read": 3, "processed": 2, "skipped": 1}
+    assert "no pixels" in s["skipped_frames"][0]["reason"]
 
 
 # --------------------------------------------------------------------------- kill -9
