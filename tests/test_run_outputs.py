@@ -432,6 +432,38 @@ def test_empty_crops_are_a_clear_error_or_a_skipped_frame(clf: Classifier, tmp_p
     assert "no pixels" in s["skipped_frames"][0]["reason"]
 
 
+# --------------------------------------------------------------------------- demo folder
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from leukedge.cli import app
+    from leukedge.demo import MARKER, claim_folder
+
+    out = tmp_path / "work"
+    mine = out / "runs" / "cnn" / "checkpoint.pt"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"weeks of training")
+    r = CliRunner().invoke(app, ["demo", "--out", str(out)])
+    assert r.exit_code == 2 and "pick a new or empty folder" in r.output
+    assert mine.read_bytes() == b"weeks of training"
+    assert not (out / MARKER).exists() and not (out / "data").exists()
+
+    fresh = tmp_path / "fresh"
+    claim_folder(fresh)  # new: made and marked
+    assert (fresh / MARKER).is_file()
+    (fresh / "runs").mkdir()
+    claim_folder(fresh)  # an earlier demo's: accepted
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    claim_folder(empty)
+    assert (empty / MARKER).is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError):
+        claim_folder(tmp_path / "file")
+
+
 # --------------------------------------------------------------------------- kill -9
 
 
