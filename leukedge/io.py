@@ -241,6 +241,26 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     )
 
 
+NEW_FILE_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def open_fresh(path: str | Path, encoding: str = "utf-8") -> IO[str]:
+    """A new text file at ``path`` for writing as things happen (a log).
+
+    What was there is replaced; a link there is removed, never written through.
+    """
+    path = Path(path)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return os.fdopen(os.open(path, NEW_FILE_FLAGS, 0o666), "w", encoding=encoding)
+
+
 # --------------------------------------------------------------------------- stale temps
 
 

@@ -24,6 +24,7 @@ from leukedge.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    open_fresh,
     sweep_stale_temps,
 )
 
@@ -72,6 +73,17 @@ def test_a_link_at_the_destination_is_replaced_not_written_through(tmp_path: Pat
     assert outside.read_text() == "keep me"
     assert not (folder / "summary.json").is_symlink()
     assert (folder / "summary.json").read_text().startswith("{")
+
+
+def test_a_log_opened_fresh_never_writes_through_a_link(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    log = tmp_path / "build.log"
+    log.symlink_to(outside)
+    with open_fresh(log) as f:
+        f.write("[INFO] building\n")
+    assert outside.read_text() == "keep me" and not log.is_symlink()
+    assert log.read_text() == "[INFO] building\n"
 
 
 def test_a_temp_file_swapped_for_a_link_is_never_published(tmp_path: Path) -> None:

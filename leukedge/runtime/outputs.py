@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from leukedge.io import (
+    NEW_FILE_FLAGS,
     OutputError,
     TempFile,
     as_disk_full,
@@ -97,10 +98,8 @@ class CellsWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
-        flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
-            self._fd = os.open(path, flags, 0o666)
+            self._fd = os.open(path, NEW_FILE_FLAGS | os.O_APPEND, 0o666)
         except FileExistsError:
             raise OutputError(
                 f"{path} appeared while the run started (another program writes this folder?); "
