@@ -59,6 +59,9 @@ def run_demo(
     frames: int = 8,
     console: Console | None = None,
 ) -> dict[str, Any]:
+    out = Path(out)
+    claim_folder(out)  # before anything is imported or written
+
     from leukedge.bench import run_bench
     from leukedge.bench.tables import parity_table
     from leukedge.data.synth import synthesize
@@ -69,8 +72,6 @@ def run_demo(
     from leukedge.train.loop import train
 
     console = console or Console()
-    out = Path(out)
-    claim_folder(out)
     data_dir, run_dir = out / "data", out / "runs" / "cnn"
     frames_out = out / "frames-run"
     summary: dict[str, Any] = {"out": str(out)}

@@ -436,19 +436,16 @@ def test_empty_crops_are_a_clear_error_or_a_skipped_frame(clf: Classifier, tmp_p
 
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from leukedge.cli import app
-    from leukedge.demo import MARKER, claim_folder
+    from leukedge.demo import MARKER, claim_folder, run_demo
 
     out = tmp_path / "work"
     mine = out / "runs" / "cnn" / "checkpoint.pt"
     mine.parent.mkdir(parents=True)
     mine.write_bytes(b"weeks of training")
-    r = CliRunner().invoke(app, ["demo", "--out", str(out)])
-    assert r.exit_code == 2 and "pick a new or empty folder" in r.output
+    with pytest.raises(OutputError, match="pick a new or empty folder"):
+        run_demo(out)
     assert mine.read_bytes() == b"weeks of training"
-    assert not (out / MARKER).exists() and not (out / "data").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["runs"]
 
     fresh = tmp_path / "fresh"
     claim_folder(fresh)  # new: made and marked
@@ -462,6 +459,17 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError):
         claim_folder(tmp_path / "file")
+
+
+@pytest.mark.slow
+def test_cli_demo_refusal_is_exit_2(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from leukedge.cli import app
+
+    (tmp_path / "runs" / "cnn").mkdir(parents=True)
+    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "pick a new or empty folder" in r.output
 
 
 # --------------------------------------------------------------------------- kill -9
