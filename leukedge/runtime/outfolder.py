@@ -53,7 +53,8 @@ class FolderLock:
 
     ``flock``: the kernel drops it when the process ends, however it ends, so a
     crashed run never blocks the next one. The file stays (removing it would
-    race with a run taking it). Without ``fcntl`` (Windows) there is no lock.
+    race with a run taking it). Without ``fcntl`` (Windows) or on a file system
+    that cannot lock, the run goes on unlocked.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -80,8 +81,12 @@ class FolderLock:
                 f"{self.path.parent} is in use by another leukedge run{who}; wait for it to "
                 "end or choose another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a file system without locks (some network and FUSE mounts): run unlocked
+            os.close(fd)
+            return
+        with contextlib.suppress(OSError):  # who holds it: for the message of a refused run
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
