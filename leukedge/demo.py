@@ -17,9 +17,33 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from leukedge.io import OutputError, atomic_write_text
+
 DEMO_IMG_SIZE = 64
 DEMO_BACKENDS = "torch,ort-fp32,ort-fp16,ort-int8"
 STEPS = 6
+MARKER = ".leukedge-demo"
+
+
+def claim_folder(out: Path) -> None:
+    """Make ``out`` the demo's: a new or empty folder, or one a demo already holds.
+
+    The demo replaces its own sub-folders on every run, so it refuses any other
+    folder (``runs/cnn`` is a name users give their own runs too). The marker file
+    is written before anything else, so even an interrupted demo's folder is its own.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a folder; pick a new or empty folder for --out")
+    marker = out / MARKER
+    if out.is_dir() and any(out.iterdir()):
+        if not marker.is_file() or marker.is_symlink():
+            raise OutputError(
+                f"{out} is not empty and holds no earlier leukedge demo ({MARKER}); the demo "
+                "replaces what it finds there, so pick a new or empty folder for --out"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, "written by `leukedge demo`: it may replace this folder's contents\n")
 
 
 def _step(console: Console, n: int, title: str) -> float:
@@ -35,6 +59,9 @@ def run_demo(
     frames: int = 8,
     console: Console | None = None,
 ) -> dict[str, Any]:
+    out = Path(out)
+    claim_folder(out)  # before anything is imported or written
+
     from leukedge.bench import run_bench
     from leukedge.bench.tables import parity_table
     from leukedge.data.synth import synthesize
@@ -45,7 +72,6 @@ def run_demo(
     from leukedge.train.loop import train
 
     console = console or Console()
-    out = Path(out)
     data_dir, run_dir = out / "data", out / "runs" / "cnn"
     frames_out = out / "frames-run"
     summary: dict[str, Any] = {"out": str(out)}
@@ -58,8 +84,10 @@ def run_demo(
     timings["synthesize"] = time.perf_counter() - t0
 
     t0 = _step(console, 2, "train the CNN (split by subject)")
-    for old in (run_dir, frames_out):  # a previous demo: start over, the demo owns these folders
-        if old.exists():
+    for old in (run_dir, frames_out):  # a previous demo's (claim_folder): start over
+        if old.is_symlink():
+            old.unlink()
+        elif old.exists():
             shutil.rmtree(old)
     cfg = TrainConfig(
         model="cnn",

@@ -13,7 +13,12 @@ from typing import Any
 from leukedge.bench.markdown import to_markdown
 from leukedge.bench.plots import latency_png, parity_png
 from leukedge.bench.schema import validate_report
-from leukedge.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from leukedge.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    sweep_stale_temps,
+)
 
 
 def write_report(
@@ -25,6 +30,7 @@ def write_report(
     validate_report(report)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(out)
     if plotters is None:
         plotters = {"latency.png": latency_png, "parity.png": parity_png}
     written = {

@@ -41,6 +41,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from leukedge.bench.schema import ReportError
     from leukedge.data.records import DatasetError
     from leukedge.imaging.images import ImageReadError
+    from leukedge.io import OutputError
     from leukedge.rundir import RunDirError
     from leukedge.runtime.backends.base import BackendError
     from leukedge.runtime.display import DisplayUnavailable
@@ -57,6 +58,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         DisplayUnavailable,
         FileExistsError,
         FileNotFoundError,
+        OutputError,
         BenchError,
         ReportError,
     ]
@@ -70,15 +72,26 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn anticipated errors into a clear message and exit code 2."""
+    """Turn anticipated errors into a clear message: exit 2 for bad input, 1 for a full disk."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from leukedge.io import DiskFullError, is_disk_full
+
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: everything finished so far is saved")
             raise typer.Exit(130) from None
+        except OSError as e:
+            if not is_disk_full(e):
+                if isinstance(e, _known_errors()):
+                    err_console.print(f"[bold red]error:[/] {escape(str(e))}")
+                    raise typer.Exit(2) from None
+                raise
+            full = e if isinstance(e, DiskFullError) else DiskFullError(e.filename or "a file", e)
+            err_console.print(f"[bold red]error:[/] {escape(str(full))}", soft_wrap=True)
+            raise typer.Exit(1) from None
         except _known_errors() as e:
             err_console.print(f"[bold red]error:[/] {escape(str(e))}")
             raise typer.Exit(2) from None

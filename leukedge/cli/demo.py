@@ -12,7 +12,10 @@ from leukedge.cli.common import app, console, friendly_errors
 @app.command()
 @friendly_errors
 def demo(
-    out: Path = typer.Option(Path("demo-out"), help="Folder for everything the demo writes."),
+    out: Path = typer.Option(
+        Path("demo-out"),
+        help="Folder for everything the demo writes: new, empty, or an earlier demo's.",
+    ),
     n: int = typer.Option(1200, "--n", help="Synthetic cells to generate."),
     frames: int = typer.Option(8, help="Synthetic smear frames for the pipeline."),
     epochs: int = typer.Option(4, help="Training epochs for the demo CNN."),

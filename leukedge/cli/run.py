@@ -72,7 +72,10 @@ def run_command(
     ),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     out: Path | None = typer.Option(
-        None, "--out", help="Output folder (default: leukedge-run/<date-time>)."
+        None,
+        "--out",
+        help="Output folder (default: a new leukedge-run/<date-time>-<id>). A folder another "
+        "run is writing is refused.",
     ),
     show: bool = typer.Option(
         False, "--show", help="Live window with boxes, labels and counts (q or Esc quits)."
@@ -93,13 +96,13 @@ def run_command(
     """Find, classify and count white cells in frames; writes cells.jsonl, summary.json, annotated frames.
 
     Ctrl-C (or q in the --show window) stops cleanly with every output written.
-    Exit code 1 when the source failed mid-stream (outputs up to then are kept).
+    Exit code 1 when the source failed mid-stream or the disk filled up (outputs up
+    to then are kept).
     Example: leukedge run runs/r50 --source camera:0 --show --um-per-px 0.25
     """
-    import time
-
     from leukedge.runtime.cells import CellFinder
     from leukedge.runtime.classifier import Classifier
+    from leukedge.runtime.outfolder import new_run_folder
     from leukedge.runtime.pipeline import run_pipeline
     from leukedge.runtime.sources import open_source
 
@@ -109,7 +112,6 @@ def run_command(
         from leukedge.runtime.display import require_display
 
         require_display()
-    out = out or Path("leukedge-run") / time.strftime("%Y%m%d-%H%M%S")
     src = open_source(source, max_frames=max_frames)
     try:
         if as_json:
@@ -123,12 +125,13 @@ def run_command(
         finder = CellFinder.from_spec(
             clf.spec, cell_diameter_px=cell_diameter_px, um_per_px=um_per_px
         )
+        out_dir = out if out is not None else new_run_folder()
         with clf:
             summary = _run_with_progress(
                 lambda progress: run_pipeline(
                     clf,
                     src,
-                    out,
+                    out_dir,
                     finder=finder,
                     batch=batch,
                     annotate=annotate,
@@ -147,13 +150,15 @@ def run_command(
         console.print(_run_table(summary))
         console.print(_latency_table(summary))
         for skip in summary["skipped_frames"][:10]:
-            console.print(f"[yellow]skipped[/] {skip['name']}: {skip['reason']}")
+            console.print(f"[yellow]skipped[/] {escape(skip['name'])}: {escape(skip['reason'])}")
         if summary["frames"]["skipped"] > 10:
             console.print(f"... {summary['frames']['skipped'] - 10} more in summary.json")
         if summary["message"]:
-            console.print(f"[yellow]{summary['status']}:[/] {summary['message']}")
-        console.print(f"outputs in [bold]{out}[/] (cells.jsonl, summary.json, annotated)")
-    if summary["status"] == "source_error":
+            console.print(f"[yellow]{summary['status']}:[/] {escape(summary['message'])}")
+        console.print(
+            f"outputs in [bold]{escape(str(out_dir))}[/] (cells.jsonl, summary.json, annotated)"
+        )
+    if summary["status"] in ("source_error", "failed"):
         raise typer.Exit(1)
 
 

@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from leukedge.io import atomic_write_json, atomic_write_text
+from leukedge.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 GENERATOR = "leukedge.synth"
 VERSION = 1
@@ -578,9 +577,7 @@ def _encode_png(img: np.ndarray) -> bytes:
 
 def _write_png(path: Path, img: np.ndarray) -> None:
     """Temp file + rename without fsync: no half-written PNG under its final name, and cheap."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(_encode_png(img))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, _encode_png(img), fsync=False)
 
 
 def _is_previous_output(out: Path) -> bool:

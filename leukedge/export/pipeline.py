@@ -49,7 +49,7 @@ from leukedge.export.parity import (
     reference_logits,
     torch_logits,
 )
-from leukedge.io import sha256_file
+from leukedge.io import is_disk_full, sha256_file, sweep_stale_temps
 from leukedge.rundir import RunDir, RunDirError
 from leukedge.spec import ModelSpec
 
@@ -100,6 +100,7 @@ def export_run(
     spec = run.spec()
     out_dir = run.export_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(out_dir)  # what a killed export left
     tell = progress or (lambda stage, done, total: None)
     warnings: list[str] = []
     errors: dict[str, str] = {}
@@ -142,7 +143,7 @@ def export_run(
             if precision != "fp32":
                 files[precision]["source_sha256"] = files["fp32"]["sha256"]
         except Exception as e:  # recorded in export.json, raised after the other files
-            if precision == "fp32":
+            if precision == "fp32" or is_disk_full(e):  # a full disk stops the export at once
                 raise
             errors[precision] = f"{type(e).__name__}: {e}"
     warnings += _budget_warnings(files)

@@ -42,7 +42,7 @@ from leukedge.artifacts import (
     onnx_name,
     run_dir_of_export,
 )
-from leukedge.io import atomic_write_bytes, sha256_file
+from leukedge.io import atomic_write_bytes, open_fresh, sha256_file, sweep_stale_temps
 from leukedge.runtime.backends.engine_plan import (
     DLA_NOTE,
     BuildFlags,
@@ -363,6 +363,8 @@ def _write_engine(engine_path: Path, plan: bytes, sidecar: EngineSidecar) -> Non
     """Old sidecar out, then engine, then sidecar: a sidecar only ever describes its engine."""
     side = sidecar_path_for(engine_path)
     side.unlink(missing_ok=True)
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(engine_path.parent)  # engines a killed build was writing
     atomic_write_bytes(engine_path, plan)
     sidecar.save(side)
 
@@ -435,7 +437,7 @@ def make_logger(trt: ModuleType, log: Log, path: Path | None, verbose: bool) -> 
             self.file = None
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self.file = path.open("w", encoding="utf-8")
+                self.file = open_fresh(path)
 
         def log(self, sev: Any, msg: str) -> None:
             level = int(sev)

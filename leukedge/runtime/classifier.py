@@ -31,6 +31,10 @@ DEFAULT_BATCH = 8
 Measure = Callable[[Backend, int], dict[str, Any]]
 
 
+class EmptyCropError(ValueError):
+    """A crop without pixels: there is nothing to classify."""
+
+
 @dataclass
 class Selection:
     """Which backend runs the model and why (written into summary.json)."""
@@ -212,10 +216,22 @@ class Classifier:
         return self.spec.positive_index
 
     def preprocess(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """Crops -> float32 (N, 3, S, S) exactly as the model was trained."""
+        """Crops -> float32 (N, 3, S, S) exactly as the model was trained.
+
+        An empty list gives an empty batch; a crop without pixels raises
+        :class:`EmptyCropError` (a made-up row would read as a class).
+        """
         from leukedge.imaging.preprocess import preprocess_batch
 
-        return preprocess_batch(list(crops), self.spec)
+        crops = list(crops)
+        for i, crop in enumerate(crops):
+            shape = np.shape(crop)
+            if len(shape) < 2 or shape[0] == 0 or shape[1] == 0:
+                raise EmptyCropError(
+                    f"crop {i} has no pixels (shape {shape}); cut the cell with a box of at "
+                    "least 1x1 pixels, or leave it out"
+                )
+        return preprocess_batch(crops, self.spec)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed (N, 3, S, S) -> float32 logits (N, C), in batches the backend accepts."""

@@ -2,22 +2,29 @@
 
 ```
 OUT/
-  cells.jsonl     one line per classified cell, flushed after every frame
+  cells.jsonl     one line per classified cell, appended after every frame
   summary.json    counts, blast ratio, latencies, backend, machine; rewritten atomically
                   every few frames and at the end (status says whether the run finished)
-  annotated/      one PNG per input image (image sources), or
-  annotated.mp4   the annotated stream (video files, cameras, streams)
+  annotated/      one PNG per input image (image sources; summary.json's
+                  outputs.annotated_files maps each input to its file), or
+  annotated.mp4   the annotated stream (video files, cameras, streams), named when it ends
+  .leukedge.lock  held while a run writes OUT (see :mod:`leukedge.runtime.outfolder`)
 ```
 A crash or Ctrl-C at any moment leaves every finished frame in cells.jsonl and a
-complete (if older) summary.json: no file is ever half-written. summary.json's
-content is made here too (:func:`build_summary`), from the run's totals and parts.
+complete (if older) summary.json: no file is ever half-written under its name (a
+SIGKILL in the middle of appending a frame of many kilobytes is the one case that
+can cut cells.jsonl's last line; readers drop a last line without its newline).
+A full disk ends the run with status "failed". summary.json's content is made
+here too (:func:`build_summary`), from the run's totals and parts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -27,7 +34,15 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from leukedge.io import atomic_write_json
+from leukedge.io import (
+    NEW_FILE_FLAGS,
+    OutputError,
+    TempFile,
+    as_disk_full,
+    atomic_write_bytes,
+    atomic_write_json,
+    write_all,
+)
 from leukedge.runtime.stats import STAGES, Totals, blast_ratio
 
 if TYPE_CHECKING:
@@ -39,6 +54,7 @@ ANNOTATED_DIR = "annotated"
 ANNOTATED_VIDEO = "annotated.mp4"
 ANNOTATED_VIDEO_FALLBACK = "annotated.avi"
 DEFAULT_VIDEO_FPS = 15.0
+MAX_NAME_CHARS = 150  # of an input's name in its annotated file name (NAME_MAX is 255 bytes)
 SUMMARY_VERSION = 1
 COUNT_NOTE = (
     "counts are per detection: on a video or camera a cell seen in several frames counts in "
@@ -48,17 +64,6 @@ LATENCY_NOTE = (
     "capture, find and preprocess are per frame, infer per batch of cells; end_to_end runs "
     "from starting to read a frame to its results being written, queue waits included"
 )
-
-
-def clear_previous(out_dir: Path) -> None:
-    """Remove the files an earlier run wrote here, so outputs of two runs never mix."""
-    for name in (CELLS_FILE, SUMMARY_FILE, ANNOTATED_VIDEO, ANNOTATED_VIDEO_FALLBACK):
-        with contextlib.suppress(FileNotFoundError):
-            (out_dir / name).unlink()
-    folder = out_dir / ANNOTATED_DIR
-    if folder.is_dir():
-        for p in folder.glob("*.png"):
-            p.unlink()
 
 
 def cell_record(
@@ -85,24 +90,44 @@ def cell_record(
 
 
 class CellsWriter:
-    """cells.jsonl, line-buffered and flushed per frame so readers and crashes see whole lines."""
+    """cells.jsonl, appended one frame at a time so readers and crashes see whole lines.
+
+    The file is created new (never through a link planted at its name); a write the
+    disk cannot hold is taken back, so the file ends on the last whole frame.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._f = open(path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 (kept open for the run)
+        try:
+            self._fd = os.open(path, NEW_FILE_FLAGS | os.O_APPEND, 0o666)
+        except FileExistsError:
+            raise OutputError(
+                f"{path} appeared while the run started (another program writes this folder?); "
+                "choose another --out"
+            ) from None
+        self._size = 0
         self.lines = 0
 
     def write_frame(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
-        self._f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
-        self._f.flush()
+        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+        try:
+            write_all(self._fd, data)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            full = as_disk_full(e, self.path)
+            if full is None:
+                raise
+            raise full from e
+        self._size += len(data)
         self.lines += len(records)
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.flush()
-            self._f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def safe_file_name(name: str) -> str:
@@ -111,28 +136,70 @@ def safe_file_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._#-]+", "_", flat).lstrip(".") or "frame"
 
 
+def _digest(name: str) -> str:
+    return hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
 class AnnotatedImages:
-    """One PNG per input image under ``annotated/``, named after the input."""
+    """One PNG per input image under ``annotated/``, named after the input.
+
+    ``annotated/<input name>.png`` (folders joined with '__', odd characters
+    replaced, ``.png`` not doubled, at most ``MAX_NAME_CHARS`` kept). Names that
+    collide after that (``a b.jpg``/``a_b.jpg``, ``x.jpg``/``x.JPG``, names in
+    other scripts), or with a file already there, get ``~<8 hex of the name>``:
+    every input keeps its own file, and :attr:`files` maps input names to files.
+    """
 
     def __init__(self, out_dir: Path) -> None:
         self.folder = out_dir / ANNOTATED_DIR
+        if self.folder.is_symlink():
+            raise OutputError(
+                f"{self.folder} is a link; leukedge writes annotated frames only into a real "
+                "folder inside --out (remove the link, or point --out at the other disk)"
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
         self.written = 0
         self.failed: list[str] = []
+        self.files: dict[str, str] = {}
+        self._taken: set[str] = set()
 
-    def write(self, name: str, image: np.ndarray) -> None:
-        path = self.folder / (Path(safe_file_name(name)).stem + ".png")
+    def file_for(self, name: str, index: int = 0) -> str:
+        """Reserve the file of frame ``name``: ``annotated/<file>``, unique in this run."""
+        safe = safe_file_name(name)
+        stem = safe[:-4] if safe.lower().endswith(".png") else safe
+        cut = len(stem) > MAX_NAME_CHARS
+        stem = stem[:MAX_NAME_CHARS]
+        candidates = [] if cut else [f"{stem}.png"]
+        candidates += [f"{stem}~{_digest(name)}.png"]
+        candidates += [f"{stem}~{_digest(name)}-{k}.png" for k in range(2, 10_000)]
+        file = next(c for c in candidates if self._free(c))
+        self._taken.add(file.casefold())
+        key = name if name not in self.files else f"{name} [frame {index}]"
+        self.files[key] = f"{ANNOTATED_DIR}/{file}"
+        return self.files[key]
+
+    def _free(self, file: str) -> bool:
+        return file.casefold() not in self._taken and not os.path.lexists(self.folder / file)
+
+    def write(self, name: str, image: np.ndarray, file: str | None = None) -> None:
+        """Write frame ``name`` to ``file`` (from :meth:`file_for`; reserved here when None)."""
+        file = file or self.file_for(name)
         ok, buf = cv2.imencode(".png", image)
         if not ok:
             self.failed.append(name)
             return
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(buf.tobytes())
-        tmp.replace(path)
+        atomic_write_bytes(self.folder.parent / file, buf.tobytes(), fsync=False)
         self.written += 1
 
     def describe(self) -> dict[str, Any]:
-        return {"annotated": f"{ANNOTATED_DIR}/", "annotated_frames": self.written}
+        out: dict[str, Any] = {
+            "annotated": f"{ANNOTATED_DIR}/",
+            "annotated_frames": self.written,
+            "annotated_files": dict(self.files),
+        }
+        if self.failed:
+            out["annotated_failed"] = list(self.failed)
+        return out
 
     def close(self) -> None:
         """Every PNG is complete once written."""
@@ -150,6 +217,7 @@ class AnnotatedVideo:
         self.out_dir = out_dir
         self.fps = fps if fps and fps > 0 else DEFAULT_VIDEO_FPS
         self._writer: Any = None
+        self._tmp: TempFile | None = None
         self.path: Path | None = None
         self.size: tuple[int, int] | None = None
         self.written = 0
@@ -158,13 +226,13 @@ class AnnotatedVideo:
     def _open(self, size: tuple[int, int]) -> None:
         for name, fourcc in ((ANNOTATED_VIDEO, "mp4v"), (ANNOTATED_VIDEO_FALLBACK, "MJPG")):
             path = self.out_dir / name
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), self.fps, size)
+            tmp = TempFile(path, ext=path.suffix)  # OpenCV picks the container by extension
+            writer = cv2.VideoWriter(str(tmp.path), cv2.VideoWriter.fourcc(*fourcc), self.fps, size)
             if writer.isOpened():
-                self._writer, self.path, self.size = writer, path, size
+                self._writer, self._tmp, self.size = writer, tmp, size
                 return
             writer.release()
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            tmp.discard()
         self.error = f"this OpenCV ({cv2.__version__}) cannot write MP4 or MJPG video"
 
     def write(self, name: str, image: np.ndarray) -> None:
@@ -182,7 +250,7 @@ class AnnotatedVideo:
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "annotated": self.path.name if self.path else None,
+            "annotated": self.path.name if self.path else self._tmp and self._tmp.dest.name,
             "annotated_frames": self.written,
             "annotated_fps": self.fps,
         }
@@ -191,9 +259,20 @@ class AnnotatedVideo:
         return out
 
     def close(self) -> None:
+        """Finish the video and give it its name (until then it is a temp file)."""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+        if self._tmp is not None:
+            tmp, self._tmp = self._tmp, None
+            try:
+                self.path = tmp.publish()
+            except BaseException as e:
+                tmp.discard()
+                full = as_disk_full(e, tmp.dest)
+                if full is None:
+                    raise
+                raise full from e
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
@@ -213,8 +292,8 @@ class RunStatus:
     """Where a run stands: how it ended (or that it still runs), and when.
 
     ``status`` is "running" until the run ends, then "completed", "stopped",
-    "interrupted", "source_error" or "error"; ``message`` says why where it is not
-    "completed".
+    "interrupted", "source_error", "failed" (the disk filled up) or "error";
+    ``message`` says why where it is not "completed".
     """
 
     status: str = "running"

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from leukedge.io import DiskFullError, is_disk_full
+from leukedge.runtime import outfolder
 from leukedge.runtime.outputs import (
     CELLS_FILE,
     AnnotatedImages,
@@ -39,7 +41,6 @@ from leukedge.runtime.outputs import (
     RunStatus,
     build_summary,
     cell_record,
-    clear_previous,
     files_written,
     write_summary,
 )
@@ -145,8 +146,12 @@ class CaptureThread(threading.Thread):
             work.error = f"cell finder failed: {type(e).__name__}: {e}"
             return work
         t2 = time.perf_counter()
-        crops = [self._crop(frame.image, c) for c in cells]
-        work.x = self.classifier.preprocess(crops)
+        try:
+            crops = [self._crop(frame.image, c) for c in cells]
+            work.x = self.classifier.preprocess(crops)
+        except Exception as e:  # an empty or odd crop skips its frame, not the run
+            work.error = f"preprocessing failed: {type(e).__name__}: {e}"
+            return work
         for c in cells:
             c.crop = None  # the tensor is all inference needs; free the pixels now
         work.find_s, work.preprocess_s = t2 - t1, time.perf_counter() - t2
@@ -252,8 +257,11 @@ class Pipeline:
             except KeyboardInterrupt:
                 state.status, state.message = "interrupted", "stopped by Ctrl-C"
             except BaseException as e:  # outputs are closed and kept, then the error goes on
-                state.status, state.message = "error", f"{type(e).__name__}: {e}"
-                error = e
+                if is_disk_full(e):  # what fits is kept; the summary says why the run ended
+                    state.status, state.message = "failed", self._disk_full(e)
+                else:
+                    state.status, state.message = "error", f"{type(e).__name__}: {e}"
+                    error = e
             finally:
                 self._shutdown()
         if error is not None:
@@ -350,22 +358,35 @@ class Pipeline:
             cell_record(work.index, work.name, i, c, classes, probs[i])
             for i, c in enumerate(work.cells)
         ]
+        file = None
+        if work.image is not None and isinstance(self.annotator, AnnotatedImages):
+            file = self.annotator.file_for(work.name, work.index)
+            for r in records:
+                r["annotated"] = file
         self.cells_out.write_frame(records)
         labels = [r["class"] for r in records]
         self.totals.count(labels, [r["touches_edge"] for r in records])
         if work.image is not None and (self.annotator is not None or self.display is not None):
             probs_of_class = [r["probs"][r["class"]] for r in records]
-            self._draw(work.name, work.image, work.cells, labels, probs_of_class)
+            self._draw(work.name, work.image, work.cells, labels, probs_of_class, file)
 
     def _draw(
-        self, name: str, image: np.ndarray, cells: list[Cell], labels: list[str], probs: list[float]
+        self,
+        name: str,
+        image: np.ndarray,
+        cells: list[Cell],
+        labels: list[str],
+        probs: list[float],
+        file: str | None = None,
     ) -> None:
         from leukedge.runtime.annotate import count_lines, draw_cells, draw_count
 
         t = self.totals
         img = draw_cells(image, cells, labels, probs, positive=t.positive)
         draw_count(img, count_lines(t.cells, t.positive_count, t.positive.upper(), self._fps()))
-        if self.annotator is not None:
+        if isinstance(self.annotator, AnnotatedImages):
+            self.annotator.write(name, img, file)
+        elif self.annotator is not None:
             self.annotator.write(name, img)
         if self.display is not None and not self.display.show(img):
             self.state.status, self.state.message = "stopped", "window closed"
@@ -397,12 +418,21 @@ class Pipeline:
                 failed = f" (closing the source failed: {e})"
                 self.state.message = (self.state.message or "") + failed
         self.cells_out.close()
-        if self.annotator is not None:
-            self.annotator.close()
+        try:
+            if self.annotator is not None:
+                self.annotator.close()
+        except Exception as e:  # the video could not be finished: the summary still is
+            full = is_disk_full(e)
+            self.state.status = "failed" if full else "error"
+            self.state.message = self._disk_full(e) if full else f"{type(e).__name__}: {e}"
         if self.display is not None:
             self.display.close()
         self.state.end()
         self._write_summary()
+
+    def _disk_full(self, e: BaseException) -> str:
+        full = e if isinstance(e, DiskFullError) else DiskFullError(self.settings.out_dir, e)
+        return f"{full} (the run stopped; everything before it is kept)"
 
     # ---------------------------------------------------------------- reporting
 
@@ -497,7 +527,10 @@ def run_pipeline(
     :class:`~leukedge.runtime.sources.Frame`, or a source text for
     :func:`~leukedge.runtime.sources.open_source`. ``finder`` defaults to
     ``CellFinder.from_spec(classifier.spec)`` (cell size measured per frame).
-    Writes cells.jsonl, summary.json and annotated frames into ``out_dir``.
+    Writes cells.jsonl, summary.json and annotated frames into ``out_dir``, which
+    it locks for the run (another run into it is refused with
+    :class:`~leukedge.io.OutputError`). A full disk ends the run with status
+    "failed"; if not even the final summary fits, :class:`~leukedge.io.DiskFullError`.
     """
     from leukedge.runtime.cells import CellFinder
 
@@ -520,7 +553,9 @@ def run_pipeline(
         queue_size=queue_size,
         model_name=model_name,
     )
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
-    clear_previous(settings.out_dir)
+    outfolder.prepare(settings.out_dir)
     finder = finder or CellFinder.from_spec(classifier.spec)
-    return Pipeline(classifier, source, finder, settings, progress).run()
+    with outfolder.FolderLock(settings.out_dir):
+        outfolder.sweep(settings.out_dir)
+        outfolder.clear_previous(settings.out_dir)
+        return Pipeline(classifier, source, finder, settings, progress).run()

@@ -199,6 +199,67 @@ class ImageFiles:
         return {"kind": self.kind, "source": self.description, "images": self.total}
 
 
+def glob_files(pattern: str) -> list[Path]:
+    """The paths ``pattern`` matches, like ``glob``; ``**`` visits each real folder once.
+
+    ``glob`` follows folder links under ``**`` without noticing loops: a link to a
+    parent yields every image ~40 times (until ELOOP), two such links never end.
+    Here a folder reached again (same device and inode) is not entered again.
+    """
+    parts = Path(pattern).parts
+    if "**" not in parts:
+        return [Path(p) for p in _glob.glob(pattern)]
+    first = next(i for i, part in enumerate(parts) if GLOB_CHARS.search(part))
+    root = Path(*parts[:first]) if first else Path(".")
+    rx = re.compile(_glob_regex(parts[first:]))
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # like glob: hidden ones not
+        rel = Path(folder).relative_to(root).as_posix()
+        prefix = "" if rel == "." else rel + "/"
+        found += [Path(folder) / f for f in files if rx.fullmatch(prefix + f)]
+    return found
+
+
+def _glob_regex(parts: tuple[str, ...]) -> str:
+    """A regex for '/'-joined relative paths matching glob components ``parts``."""
+    out = ""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            out += r"(?:(?!\.)[^/]+/)*" + (r"(?!\.)[^/]+" if last else "")
+            continue
+        piece = "" if part.startswith(".") else r"(?!\.)"
+        k = 0
+        while k < len(part):
+            c = part[k]
+            end = part.find("]", k + 2) if c == "[" else -1
+            if c == "*":
+                piece += "[^/]*"
+            elif c == "?":
+                piece += "[^/]"
+            elif end > 0:
+                body = part[k + 1 : end]
+                body = "^" + body[1:] if body.startswith("!") else body
+                piece += "[" + body.replace("\\", "\\\\") + "]"
+                k = end
+            else:
+                piece += re.escape(c)
+            k += 1
+        out += piece + ("" if last else "/")
+    return out
+
+
 def _image_list(paths: list[Path], text: str) -> list[Path]:
     images = sorted(
         (p for p in paths if p.is_file() and is_image_file(p)), key=lambda p: natural_key(str(p))
@@ -552,8 +613,7 @@ def _open_path(text: str, max_frames: int | None, opener: Callable[[], Capture] 
             f"nor a video ({', '.join(VIDEO_SUFFIXES)})"
         )
     if GLOB_CHARS.search(text):
-        matches = [Path(p) for p in _glob.glob(str(path), recursive=True)]
-        return ImageFiles(_image_list(matches, text), text, max_frames)
+        return ImageFiles(_image_list(glob_files(str(path)), text), text, max_frames)
     raise SourceError(
         f"no such file or folder: {text} (a source is an image, a folder or glob of images, a "
         "video file, camera:N, csi:N, rtsp://... or gst:<pipeline>)"

@@ -27,7 +27,7 @@ from leukedge.data.cellscale import estimate_cell_fraction
 from leukedge.data.layouts import load_dataset
 from leukedge.data.records import Dataset, Record
 from leukedge.data.splits import Split, load_split, make_split
-from leukedge.io import atomic_write_json, atomic_write_text
+from leukedge.io import atomic_write_json, atomic_write_text, sweep_stale_temps
 from leukedge.progress import Reporter
 from leukedge.rundir import RunDir
 from leukedge.spec import ModelSpec
@@ -275,6 +275,8 @@ def setup_training(
         split.save(run.split_path, dataset)
         spec.save(run.spec_path)
         atomic_write_json(run.config_path, cfg.to_dict())
+    if dist.is_main:
+        sweep_stale_temps(run.path)  # checkpoints a killed run was writing
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, spec.num_classes, spec.input_size, cfg.pretrained).to(device)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leukedge.io import atomic_path
+from leukedge.io import atomic_file
 
 
 def _pyplot():
@@ -39,8 +39,8 @@ def plot_curves(history: list[dict], path: str | Path) -> Path:
     ax_m.set_title("validation")
     ax_m.legend(loc="lower right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return Path(path)
 
@@ -68,7 +68,7 @@ def plot_confusion(
                 color="white" if cm[i, j] > cm.max() / 2 else "black",
             )
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return Path(path)
