@@ -17,12 +17,13 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -236,9 +237,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(
-        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
-    )
+    return atomic_write_text(path, json_text(obj, indent=2) + "\n")
 
 
 NEW_FILE_FLAGS = (
@@ -302,14 +301,38 @@ def _alive(pid: int) -> bool:
 # --------------------------------------------------------------------------- JSON and hashes
 
 
-def _json_default(obj: Any) -> Any:
-    """Make numpy scalars/arrays and paths JSON-serialisable."""
+def json_text(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that always writes valid JSON: NaN and infinities become null.
+
+    Python writes ``NaN`` tokens by default, which no strict JSON reader accepts; a
+    value that may legitimately be undefined (an AUROC of one class) is null instead.
+    """
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
+def json_safe(obj: Any, fallback: Callable[[Any], Any] | None = None) -> Any:
+    """``obj`` with numpy values and paths made plain and every non-finite float made None.
+
+    ``fallback`` turns any other object into something JSON holds (default: TypeError).
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, dict):
+        return {k if isinstance(k, str) else str(k): json_safe(v, fallback) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v, fallback) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return json_safe(obj.tolist(), fallback)
     if hasattr(obj, "item"):
-        return obj.item()
+        return json_safe(obj.item(), fallback)
+    if isinstance(obj, (set, frozenset)):
+        return [json_safe(v, fallback) for v in sorted(obj, key=str)]
+    if fallback is not None:
+        return json_safe(fallback(obj))
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 

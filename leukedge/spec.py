@@ -9,9 +9,12 @@ how to turn a cell image into the input tensor.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from leukedge.validate import MAX_INPUT_SIZE
 
 SPEC_VERSION = 1
 ONNX_METADATA_KEY = "leukedge.spec"
@@ -27,6 +30,9 @@ RESIZE_RULES = ("stretch", "letterbox", "center_crop")
 INTERPOLATIONS = ("area", "bilinear", "bicubic")
 CROP_STYLES = ("masked", "context")
 CHANNEL_ORDERS = ("RGB", "BGR")
+# Normalisation of pixels in [0, 1]: a std below MIN_STD turns them into huge numbers.
+MAX_ABS_MEAN = 10.0
+MIN_STD, MAX_STD = 1e-3, 100.0
 
 
 class SpecError(ValueError):
@@ -63,34 +69,64 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.classes = [str(c) for c in self.classes]
+        self._check_types()
+        self.classes = list(self.classes)
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+        self.cell_fraction = float(self.cell_fraction)
         self.validate()
 
+    def _check_types(self) -> None:
+        """Refuse values of the wrong type (a spec may come from any JSON) before using them."""
+        for name in ("arch", "positive_class", *_CHOICES):
+            if not isinstance(getattr(self, name), str):
+                raise SpecError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if not self.arch.strip():
+            raise SpecError("arch must not be empty")
+        for name in ("backbone", "dataset"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise SpecError(f"{name} must be a string or null, got {getattr(self, name)!r}")
+        if not isinstance(self.classes, (list, tuple)) or not all(
+            isinstance(c, str) and c.strip() for c in self.classes
+        ):
+            raise SpecError(f"classes must be a list of non-empty names, got {self.classes!r}")
+        for name in ("input_size", "version"):
+            if not _is_int(getattr(self, name)):
+                raise SpecError(f"{name} must be a whole number, got {getattr(self, name)!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or len(values) != 3:
+                raise SpecError(f"{name} needs 3 numbers (one per channel), got {values!r}")
+            if not all(_is_number(v) for v in values):
+                raise SpecError(f"{name} needs 3 numbers (one per channel), got {values!r}")
+        if not _is_number(self.cell_fraction):
+            raise SpecError(f"cell_fraction must be a number, got {self.cell_fraction!r}")
+        if not isinstance(self.extra, dict):
+            raise SpecError(f"extra must be an object, got {self.extra!r}")
+
     def validate(self) -> None:
+        """Refuse any value that would give wrong or non-finite model inputs."""
         if len(self.classes) < 2:
             raise SpecError(f"a classifier needs at least 2 classes, got {self.classes}")
         if len(set(self.classes)) != len(self.classes):
             raise SpecError(f"duplicate class names in {self.classes}")
         if self.positive_class not in self.classes:
             raise SpecError(f"positive_class {self.positive_class!r} is not one of {self.classes}")
-        if self.input_size < 8:
-            raise SpecError(f"input_size must be >= 8, got {self.input_size}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise SpecError("mean and std need 3 values each, std > 0")
-        if self.channel_order not in CHANNEL_ORDERS:
-            raise SpecError(f"channel_order must be one of {CHANNEL_ORDERS}")
-        if self.resize not in RESIZE_RULES:
-            raise SpecError(f"resize must be one of {RESIZE_RULES}, got {self.resize!r}")
-        if self.interpolation not in INTERPOLATIONS:
+        if not 8 <= self.input_size <= MAX_INPUT_SIZE:
+            raise SpecError(f"input_size must be in [8, {MAX_INPUT_SIZE}], got {self.input_size}")
+        if not all(math.isfinite(v) and abs(v) <= MAX_ABS_MEAN for v in self.mean):
+            raise SpecError(f"mean must be 3 finite numbers in [-10, 10], got {list(self.mean)}")
+        if not all(math.isfinite(v) and MIN_STD <= v <= MAX_STD for v in self.std):
             raise SpecError(
-                f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
+                f"std must be 3 finite numbers in [{MIN_STD:g}, {MAX_STD:g}], got {list(self.std)}"
             )
-        if self.crop_style not in CROP_STYLES:
-            raise SpecError(f"crop_style must be one of {CROP_STYLES}, got {self.crop_style!r}")
-        if not 0.05 <= self.cell_fraction <= 1.0:
+        for name, options in _CHOICES.items():
+            if getattr(self, name) not in options:
+                raise SpecError(f"{name} must be one of {options}, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.cell_fraction) and 0.05 <= self.cell_fraction <= 1.0):
             raise SpecError(f"cell_fraction must be in [0.05, 1], got {self.cell_fraction}")
+        if self.version < 1:
+            raise SpecError(f"spec version must be >= 1, got {self.version}")
         if self.version > SPEC_VERSION:
             raise SpecError(
                 f"spec version {self.version} is newer than this leukedge understands "
@@ -117,28 +153,34 @@ class ModelSpec:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        from leukedge.io import json_text
+
+        return json_text(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """A spec from any mapping (a JSON object); anything unusable raises SpecError."""
+        if not isinstance(data, dict):
+            raise SpecError(f"a spec must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted((k for k in data if k not in known), key=str)
         kwargs = {k: v for k, v in data.items() if k in known}
         if "arch" not in kwargs:
             raise SpecError("spec has no 'arch'")
         spec = cls(**kwargs)
         if unknown:  # keep fields from newer writers instead of dropping them silently
-            spec.extra.setdefault("unknown_fields", {}).update({k: data[k] for k in unknown})
+            kept = spec.extra.get("unknown_fields")
+            kept = dict(kept) if isinstance(kept, dict) else {}
+            kept.update({str(k): data[k] for k in unknown})
+            spec.extra["unknown_fields"] = kept
         return spec
 
     @classmethod
-    def from_json(cls, text: str) -> ModelSpec:
+    def from_json(cls, text: str | bytes) -> ModelSpec:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise SpecError(f"spec is not valid JSON: {e}") from e
-        if not isinstance(data, dict):
-            raise SpecError("spec JSON must be an object")
+            data = json.loads(text, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, NaN tokens
+            raise SpecError(f"spec is not valid JSON: {e}") from None
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> Path:
@@ -151,4 +193,27 @@ class ModelSpec:
         path = Path(path)
         if not path.is_file():
             raise SpecError(f"no spec at {path}")
-        return cls.from_json(path.read_text())
+        try:
+            return cls.from_json(path.read_bytes())
+        except SpecError as e:
+            raise SpecError(f"{path}: {e}") from None
+
+
+_CHOICES = {
+    "channel_order": CHANNEL_ORDERS,
+    "resize": RESIZE_RULES,
+    "interpolation": INTERPOLATIONS,
+    "crop_style": CROP_STYLES,
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")

@@ -6,6 +6,8 @@ middle of epoch 37.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +16,34 @@ from typing import Any
 
 import numpy as np
 
-from leukedge.data.records import Dataset
-from leukedge.imaging.images import ImageReadError, decode_raw, to_bgr_uint8
+from leukedge.data.records import Dataset, Record
+from leukedge.imaging.images import ImageReadError, decode_raw, tiff_page_count, to_bgr_uint8
 
 
 def _describe_pixels(raw: np.ndarray) -> str:
     channels = 1 if raw.ndim == 2 else raw.shape[2]
     kind = {1: "gray", 3: "color", 4: "color+alpha"}.get(channels, f"{channels}ch")
     return f"{kind} {raw.dtype}"
+
+
+def linked_folders(dataset: Dataset) -> list[str]:
+    """A warning for each folder of images that is a symlink (its files may live elsewhere)."""
+    root = Path(os.path.abspath(dataset.root))
+    folders: set[Path] = set()
+    for r in dataset.records:
+        p = Path(os.path.abspath(r.path)).parent
+        while p != root and root in p.parents and p not in folders:
+            folders.add(p)
+            p = p.parent
+    out = []
+    for folder in sorted(f for f in folders if f.is_symlink()):
+        target = folder.resolve()
+        where = "outside the dataset" if root.resolve() not in target.parents else "inside it"
+        out.append(
+            f"{folder} is a symlink to {target} ({where}): its images are read from there, "
+            "and a link to another class's folder would mislabel them"
+        )
+    return out
 
 
 def check_dataset(
@@ -32,6 +54,9 @@ def check_dataset(
     sizes: Counter[str] = Counter()
     formats: Counter[str] = Counter()
     unreadable: list[str] = []
+    warnings = list(dataset.notes) + linked_folders(dataset)
+    seen: dict[str, Record] = {}  # content hash -> first record with it
+    multipage: list[str] = []
     if decode:
         for i, r in enumerate(dataset.records):
             try:
@@ -43,8 +68,26 @@ def check_dataset(
             except (ImageReadError, OSError, ValueError) as e:
                 unreadable.append(r.path)
                 problems.append({"path": r.path, "problem": getattr(e, "reason", str(e))})
+            else:
+                if tiff_page_count(data) > 1:
+                    multipage.append(r.path)
+                first = seen.setdefault(hashlib.sha256(data).hexdigest(), r)
+                if first is not r and first.label != r.label:
+                    problems.append(
+                        {
+                            "path": r.path,
+                            "problem": f"the same image as {first.path}, which is labelled "
+                            f"{dataset.classes[first.label]!r}, not "
+                            f"{dataset.classes[r.label]!r}: one of the labels is wrong",
+                        }
+                    )
             if progress:
                 progress(i + 1, len(dataset.records))
+    if multipage:
+        warnings.append(
+            f"{len(multipage)} multi-page TIFF(s) (first: {multipage[0]}): only page 1 of each "
+            "is read"
+        )
     subjects = dataset.subjects()
     per_subject = {s: len(v) for s, v in sorted(subjects.items())}
     subject_classes = {
@@ -52,7 +95,6 @@ def check_dataset(
     }
     mixed = [s for s, c in subject_classes.items() if len(c) > 1]
     counts = dataset.class_counts()
-    warnings = list(dataset.notes)
     nonzero = [n for n in counts.values() if n]
     if len(nonzero) >= 2 and max(nonzero) / min(nonzero) > 1.5:
         warnings.append(

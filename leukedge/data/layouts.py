@@ -9,13 +9,20 @@
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Callable
 from pathlib import Path
 
-from leukedge.data.records import Dataset, DatasetError, Record, canonical_class_order
+from leukedge.data.csvfiles import read_rows
+from leukedge.data.records import (
+    Dataset,
+    DatasetError,
+    LayoutError,
+    Record,
+    canonical_class_order,
+)
 from leukedge.imaging.images import is_image_file
+from leukedge.validate import UnsafePathError, inside_root
 
 CNMC_NAME = re.compile(
     r"^UID_(?P<subject>[A-Za-z]*\d+)_(?P<image>\d+)_(?P<cell>\d+)_(?P<cls>all|hem)\.", re.I
@@ -109,33 +116,39 @@ def _parse_cnmc_prelim(
             (str(csv_path), "labels CSV without its C-NMC_test_prelim_phase_data folder")
         )
         return []
+    records, found = read_prelim_labels(csv_path, img_dir, classes)
+    problems.extend(found)
+    return records
+
+
+def read_prelim_labels(
+    csv_path: Path, img_dir: Path, classes: list[str]
+) -> tuple[list[Record], list[tuple[str, str]]]:
+    """Records of C-NMC's labels CSV (``Patient_ID,new_names,labels``; 1 = ALL).
+
+    A label other than 0/1 or a ``new_names`` outside ``img_dir`` is an error naming
+    the line; a listed file that is missing, or a row without a subject id, is a problem.
+    """
     out: list[Record] = []
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"Patient_ID", "new_names", "labels"} - set(reader.fieldnames or [])
-        if missing:
-            problems.append((str(csv_path), f"missing columns {sorted(missing)}"))
-            return []
-        for row in reader:
-            file = img_dir / row["new_names"].strip()
-            m = CNMC_NAME.match(row["Patient_ID"].strip())
-            subject = normalize_subject(m["subject"]) if m else None
-            try:
-                label = int(row["labels"])
-            except ValueError:
-                problems.append((str(file), f"label {row['labels']!r} is not 0/1"))
-                continue
-            if not file.is_file():
-                problems.append((str(file), "listed in the labels CSV but missing"))
-                continue
-            if subject is None:
-                problems.append((str(file), f"no subject id in Patient_ID {row['Patient_ID']!r}"))
-            out.append(
-                Record(
-                    str(file), classes.index("all") if label == 1 else classes.index("hem"), subject
-                )
-            )
-    return out
+    problems: list[tuple[str, str]] = []
+    for line, row in read_rows(csv_path, ("Patient_ID", "new_names", "labels")):
+        where = f"{csv_path}: line {line}"
+        if row["labels"] not in ("0", "1"):
+            raise DatasetError(f"{where}: label {row['labels']!r} is not 0 (HEM) or 1 (ALL)")
+        try:
+            file = inside_root(img_dir, row["new_names"], "new_names")
+        except UnsafePathError as e:
+            raise DatasetError(f"{where}: {e}; every image must be inside {img_dir}") from None
+        if not file.is_file():
+            problems.append((str(file), "listed in the labels CSV but missing"))
+            continue
+        m = CNMC_NAME.match(row["Patient_ID"])
+        subject = normalize_subject(m["subject"]) if m else None
+        if subject is None:
+            problems.append((str(file), f"no subject id in Patient_ID {row['Patient_ID']!r}"))
+        label = classes.index("all") if row["labels"] == "1" else classes.index("hem")
+        out.append(Record(str(file), label, subject))
+    return out, problems
 
 
 def is_allidb2(path: Path) -> bool:
@@ -162,16 +175,27 @@ def parse_allidb2(path: Path) -> Dataset:
 
 
 def read_subjects_csv(csv_path: Path, root: Path) -> dict[str, str]:
-    """``file,subject`` rows -> {absolute path: subject}; files are relative to ``root``."""
+    """``file,subject`` rows -> {resolved path: subject}; files are relative to ``root``.
+
+    A file outside ``root``, an empty subject or one file given two subjects is an
+    error naming the line.
+    """
     out: dict[str, str] = {}
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not {"file", "subject"} <= set(reader.fieldnames or []):
+    for line, row in read_rows(csv_path, ("file", "subject")):
+        where = f"{csv_path}: line {line}"
+        try:
+            path = inside_root(root, row["file"], "file")
+        except UnsafePathError as e:
+            raise DatasetError(f"{where}: {e}; files are relative to {root}") from None
+        if not row["subject"]:
+            raise DatasetError(f"{where}: no subject for {row['file']!r}")
+        key, subject = str(path.resolve()), normalize_subject(row["subject"])
+        if out.get(key, subject) != subject:
             raise DatasetError(
-                f"{csv_path} needs the columns file,subject (got {reader.fieldnames})"
+                f"{where}: {row['file']!r} is listed again with another subject "
+                f"({out[key]} and {subject})"
             )
-        for row in reader:
-            out[str((root / row["file"].strip()).resolve())] = normalize_subject(row["subject"])
+        out[key] = subject
     return out
 
 
@@ -230,13 +254,13 @@ DETECTORS: list[Detector] = [
 def detect_layout(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"{path} does not exist")
+        raise LayoutError(f"{path} does not exist")
     if not path.is_dir():
-        raise DatasetError(f"{path} is not a folder\n{LAYOUTS_HELP}")
+        raise LayoutError(f"{path} is not a folder\n{LAYOUTS_HELP}")
     for name, matches, _ in DETECTORS:
         if matches(path):
             return name
-    raise DatasetError(f"no known dataset layout in {path}\n{LAYOUTS_HELP}")
+    raise LayoutError(f"no known dataset layout in {path}\n{LAYOUTS_HELP}")
 
 
 def load_dataset(
@@ -247,7 +271,9 @@ def load_dataset(
     name = detect_layout(path) if layout == "auto" else layout
     parsers = {n: parse for n, _, parse in DETECTORS}
     if name not in parsers:
-        raise DatasetError(f"unknown layout {name!r}; choose one of {sorted(parsers)} or auto")
+        raise LayoutError(f"unknown layout {name!r}; choose one of {sorted(parsers)} or auto")
+    if not path.is_dir():
+        raise LayoutError(f"{path} is not a folder\n{LAYOUTS_HELP}")
     if name == "folders":
         ds = parse_class_folders(path, Path(subjects_csv) if subjects_csv else None)
     else:

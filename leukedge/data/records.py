@@ -8,9 +8,12 @@ splits.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from leukedge.validate import UsageError
 
 CANONICAL_CLASSES = ["hem", "all"]
 POSITIVE_CLASS = "all"
@@ -30,6 +33,10 @@ CLASS_ALIASES = {
 
 class DatasetError(ValueError):
     """A dataset that cannot be used as given; the message says what to do."""
+
+
+class LayoutError(DatasetError, UsageError):
+    """The folder given as a dataset is not one (missing, not a folder, unknown layout)."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +79,20 @@ class Dataset:
         return out
 
     def relpath(self, path: str) -> str:
-        """Path relative to the dataset root where possible (portable split files)."""
-        try:
-            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            return str(path)
+        """Path relative to the dataset root where possible (portable split files).
+
+        Taken as written first, so a file reached through a symlinked folder keeps
+        its place under the root; then with symlinks resolved.
+        """
+        for p, root in (
+            (Path(os.path.abspath(path)), Path(os.path.abspath(self.root))),
+            (Path(path).resolve(), self.root.resolve()),
+        ):
+            try:
+                return p.relative_to(root).as_posix()
+            except ValueError:
+                continue
+        return str(path)
 
     def validate(self) -> None:
         """Refuse datasets no classifier can learn from, with a message saying why."""

@@ -9,6 +9,7 @@ subjects are stratified by class, and the whole assignment is written to
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from leukedge.data.records import Dataset, DatasetError, Record
-from leukedge.io import atomic_write_json, read_json
+from leukedge.io import atomic_write_json
+from leukedge.validate import UnsafePathError, inside_root
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -202,28 +204,84 @@ def make_split(
 
 
 def load_split(path: str | Path, dataset: Dataset) -> Split:
-    """Read ``split.json`` back against a parsed dataset (paths relative to its root)."""
+    """Read ``split.json`` back against a parsed dataset (paths relative to its root).
+
+    Anything malformed, or a file entry that leads outside the dataset root, is a
+    :class:`DatasetError` naming the entry.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"no split file at {path}")
-    data = read_json(path)
+    data = read_split_file(path)
     by_rel = {dataset.relpath(r.path): r.path for r in dataset.records}
     assignment = {}
     missing = 0
-    for f in data["files"]:
+    for i, f in enumerate(data["files"]):
+        where = f"{path}: files[{i}]"
+        if not isinstance(f, dict) or not isinstance(f.get("path"), str):
+            raise DatasetError(f"{where} is not an object with a 'path'")
+        if f.get("split") not in SPLITS:
+            raise DatasetError(f"{where}: split {f.get('split')!r} is not one of {SPLITS}")
+        try:
+            inside_root(dataset.root, f["path"], "path", follow_links=False)
+        except UnsafePathError as e:
+            raise DatasetError(f"{where}: {e}") from None
         real = by_rel.get(f["path"])
         if real is None:
             missing += 1
             continue
         assignment[real] = f["split"]
-    warnings = list(data.get("warnings", []))
+    warnings = [str(w) for w in data["warnings"]]
     if missing:
         warnings.append(f"{missing} file(s) of {path} are no longer in {dataset.root}")
     return Split(
         assignment,
         data["unit"],
         data["mode"],
-        int(data["seed"]),
-        tuple(data.get("fractions", DEFAULT_FRACTIONS)),
+        data["seed"],
+        data["fractions"],
         warnings,
     )
+
+
+def read_split_file(path: str | Path) -> dict[str, Any]:
+    """split.json's fields checked for type; DatasetError saying what is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes(), parse_constant=_no_constant)
+    except OSError as e:
+        raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, RecursionError) as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}): the run's split is lost") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} is not a split file (not a JSON object)")
+    if not isinstance(data.get("files"), list):
+        raise DatasetError(f"{path} is not a split file (no 'files' list)")
+    if data.get("unit") not in ("subject", "image"):
+        raise DatasetError(f"{path}: unit {data.get('unit')!r} is not subject or image")
+    if not isinstance(data.get("mode"), str):
+        raise DatasetError(f"{path}: mode {data.get('mode')!r} is not a string")
+    seed = data.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DatasetError(f"{path}: seed {seed!r} is not a whole number")
+    fractions = data.get("fractions", list(DEFAULT_FRACTIONS))
+    if (
+        not isinstance(fractions, list)
+        or len(fractions) != 3
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in fractions)
+    ):
+        raise DatasetError(f"{path}: fractions {fractions!r} are not 3 numbers")
+    if not isinstance(data.get("data_root", ""), str):
+        raise DatasetError(f"{path}: data_root {data.get('data_root')!r} is not a path")
+    classes = data.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise DatasetError(f"{path}: classes {classes!r} are not a list of names")
+    warnings = data.get("warnings", [])
+    if not isinstance(warnings, list):
+        raise DatasetError(f"{path}: warnings {warnings!r} is not a list")
+    a, b, c = (float(v) for v in fractions)
+    return {**data, "fractions": (a, b, c), "warnings": warnings}
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")

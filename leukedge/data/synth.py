@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from leukedge.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from leukedge.validate import UsageError
 
 GENERATOR = "leukedge.synth"
 VERSION = 1
@@ -598,10 +599,10 @@ def _is_temp(path: Path) -> bool:
 def _prepare_out(out: Path) -> None:
     """Accept a new/empty folder or a previous synth output (whose files are removed)."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder; choose another output path")
+        raise UsageError(f"{out} exists and is not a folder; choose another output path")
     if out.is_dir() and any(out.iterdir()):
         if not _is_previous_output(out):
-            raise ValueError(
+            raise UsageError(
                 f"{out} is not empty and is not a leukedge synth output; "
                 "choose a new or empty folder (or delete this one first)"
             )
@@ -663,17 +664,17 @@ def synthesize(
     ``frames/frame_<0000>.png`` + ``frames/annotations.json``, ``synth.json`` last.
     """
     if n < 2:
-        raise ValueError("n must be at least 2 (one cell per class)")
+        raise UsageError("n must be at least 2 (one cell per class)")
     if seed < 0:
-        raise ValueError("seed must be >= 0")
+        raise UsageError("seed must be >= 0")
     if frames < 0 or cell_size < 16 or not 0.2 <= cell_fraction <= 0.9:
-        raise ValueError("need frames >= 0, cell_size >= 16 and 0.2 <= cell_fraction <= 0.9")
+        raise UsageError("need frames >= 0, cell_size >= 16 and 0.2 <= cell_fraction <= 0.9")
     out = Path(out)
     _prepare_out(out)
     width, height = int(frame_size[0]), int(frame_size[1])
     n_subjects = n_subjects or max(6, n // 50)
     if n_subjects < 2:
-        raise ValueError("n_subjects must be at least 2 (one per class)")
+        raise UsageError("n_subjects must be at least 2 (one per class)")
     subjects = make_subjects(np.random.default_rng([seed, _STREAM_SUBJECTS]), n_subjects)
     total = n + frames
     diameter = round(60.0 * width / 640.0, 1)

@@ -9,6 +9,7 @@ so callers can list and skip bad files instead of crashing a run.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -101,7 +102,15 @@ def decode_raw(data: bytes, name: str = "<bytes>") -> np.ndarray:
     if reason:
         raise ImageReadError(name, reason)
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as e:  # over CV_IO_MAX_IMAGE_PIXELS, or a decoder that gave up
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else "cv2.error"
+        if "CV_IO_MAX_IMAGE_PIXELS" in detail:
+            detail = "more pixels than OpenCV's limit CV_IO_MAX_IMAGE_PIXELS (2^30 by default)"
+        raise ImageReadError(name, f"OpenCV refused it: {detail}") from None
+    except MemoryError:
+        raise ImageReadError(name, "too large to decode in the memory available") from None
     if img is None or img.size == 0:
         raise ImageReadError(name, "not a readable image (OpenCV could not decode it)")
     return img
@@ -124,3 +133,41 @@ def read_image(path: str | Path) -> np.ndarray:
     except OSError as e:
         raise ImageReadError(path, f"cannot read file ({e.strerror or e})") from e
     return decode_image(data, str(path))
+
+
+def tiff_page_count(data: bytes) -> int:
+    """Pages (IFDs) of a classic TIFF, at most 1000 counted; 1 for anything else.
+
+    OpenCV's ``imdecode`` returns the first page only; callers say so when there are more.
+    """
+    if len(data) < 8 or data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return 1
+    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
+    offset, pages, seen = int.from_bytes(data[4:8], order), 0, set()
+    while 8 <= offset <= len(data) - 2 and offset not in seen and pages < 1000:
+        seen.add(offset)
+        pages += 1
+        entries = int.from_bytes(data[offset : offset + 2], order)
+        nxt = offset + 2 + 12 * entries
+        if nxt + 4 > len(data):
+            break
+        offset = int.from_bytes(data[nxt : nxt + 4], order)
+    return max(1, pages)
+
+
+def looks_grayscale(image: np.ndarray) -> bool:
+    """Whether a BGR image has no colour (every sampled pixel has equal channels).
+
+    The cell finder separates nuclei from cytoplasm by stain colour; a grayscale frame
+    gives it nothing to work with. Sampled on a grid, so it costs nothing per frame.
+    """
+    img = np.asarray(image)
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        return True
+    if img.ndim != 3 or img.shape[2] < 3 or img.size == 0:
+        return False
+    step = max(1, min(img.shape[:2]) // 64)
+    s = img[::step, ::step, :3].astype(np.int16)
+    return bool(
+        np.abs(s[..., 0] - s[..., 1]).max() <= 2 and np.abs(s[..., 1] - s[..., 2]).max() <= 2
+    )
