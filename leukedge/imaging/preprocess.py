@@ -7,6 +7,7 @@ cannot drift. It needs only numpy and OpenCV.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import cv2
@@ -14,6 +15,7 @@ import numpy as np
 
 from leukedge.imaging.images import to_bgr_uint8
 from leukedge.spec import ModelSpec
+from leukedge.validate import MAX_CROP_SIDE
 
 _CV2_FILTERS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 
@@ -87,7 +89,10 @@ def preprocess_batch(images: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarra
 
 def crop_side_for(diameter_px: float, spec: ModelSpec) -> int:
     """Side of the square crop that shows a cell of ``diameter_px`` at the training scale."""
-    return max(8, int(round(diameter_px / spec.cell_fraction)))
+    side = float(diameter_px) / spec.cell_fraction
+    if not math.isfinite(side):
+        raise ValueError(f"cell diameter {diameter_px!r} px is not a finite number")
+    return max(8, int(round(side)))
 
 
 def crop_cell(
@@ -114,6 +119,11 @@ def crop_cell(
     x0, y0, x1, y1 = (int(v) for v in box)
     bw, bh = max(1, x1 - x0), max(1, y1 - y0)
     side = crop_side_for(max(bw, bh) if diameter_px is None else float(diameter_px), spec)
+    if side > MAX_CROP_SIDE:  # bounds the memory one cell can take, whatever its scale
+        raise ValueError(
+            f"a {side} px crop is over the limit of {MAX_CROP_SIDE} px (cell of "
+            f"{side * spec.cell_fraction:.0f} px): the cell scale is implausible"
+        )
     cx, cy = (x0 + bw / 2.0, y0 + bh / 2.0) if centre is None else (float(c) for c in centre)
     sx0, sy0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
     out = np.zeros((side, side, 3), dtype=np.uint8)

@@ -25,6 +25,7 @@ from leukedge.runtime.backends.base import Backend, BackendError, infer_in_batch
 from leukedge.runtime.backends.resolve import Candidate, resolve_candidates
 from leukedge.runtime.backends.timing import StopRule, interleave, timed_call
 from leukedge.spec import ModelSpec
+from leukedge.validate import UsageError, batch_memory
 
 DEFAULT_BATCH = 8
 
@@ -99,6 +100,7 @@ def choose_fastest(
     if len(candidates) == 1:
         c = candidates[0]
         backend = c.open()
+        _check_batch_memory(backend, batch)
         return backend, Selection(
             chosen=backend.name,
             artifact=c.artifact,
@@ -151,6 +153,7 @@ def _open_and_measure(
     except Exception as e:  # recorded; the other candidates may still run
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
         return None
+    _check_batch_memory(backend, batch)
     try:
         record.update(measure(backend, batch))
     except Exception as e:
@@ -159,6 +162,15 @@ def _open_and_measure(
         return None
     record.update(name=backend.name, status="measured")
     return backend
+
+
+def _check_batch_memory(backend: Backend, batch: int) -> None:
+    """Refuse (closing the backend) a batch whose inputs alone pass the memory limit."""
+    try:
+        batch_memory(batch, backend.spec.input_size)
+    except UsageError:
+        backend.close()
+        raise
 
 
 def records_batch(records: Sequence[dict[str, Any]]) -> str:
@@ -237,7 +249,14 @@ class Classifier:
         """Preprocessed (N, 3, S, S) -> float32 logits (N, C), in batches the backend accepts."""
         if len(x) == 0:
             return np.zeros((0, self.spec.num_classes), dtype=np.float32)
-        return infer_in_batches(self.backend, x, self.batch_size)
+        logits = infer_in_batches(self.backend, x, self.batch_size)
+        bad = ~np.isfinite(logits).all(axis=tuple(range(1, logits.ndim)))
+        if bad.any():  # NaN would turn into a class (argmax) and silently wrong counts
+            raise BackendError(
+                f"{self.backend.name} returned NaN or infinite logits for {int(bad.sum())} of "
+                f"{len(x)} images: the model file or its spec is broken; export the run again"
+            )
+        return logits
 
     def logits(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         return self.infer(self.preprocess(crops))

@@ -20,6 +20,8 @@ QUIT_KEYS = (ord("q"), ord("Q"), 27)  # q or Esc
 class DisplayUnavailable(RuntimeError):
     """The loaded OpenCV has no GUI backend; the message says which one to install."""
 
+    exit_code = 2  # --show where no window can open: a usage error
+
 
 def gui_backend() -> str:
     """Name of the loaded cv2's GUI backend (GTK, QT, WIN32, COCOA...), or '' when it has none."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import json
 import os
 import re
 import time
@@ -41,6 +40,7 @@ from leukedge.io import (
     as_disk_full,
     atomic_write_bytes,
     atomic_write_json,
+    json_text,
     write_all,
 )
 from leukedge.runtime.stats import STAGES, Totals, blast_ratio
@@ -111,7 +111,7 @@ class CellsWriter:
     def write_frame(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+        data = "".join(json_text(r, separators=(",", ":")) + "\n" for r in records).encode()
         try:
             write_all(self._fd, data)
         except OSError as e:

@@ -28,8 +28,10 @@ import numpy as np
 from leukedge.imaging.images import (
     IMAGE_SUFFIXES,
     ImageReadError,
+    decode_image,
     is_image_file,
-    read_image,
+    looks_grayscale,
+    tiff_page_count,
     to_bgr_uint8,
 )
 
@@ -53,6 +55,8 @@ GSTREAMER_HINT = (
 
 class SourceError(ValueError):
     """A source that cannot be opened; the message says what was tried and what to do."""
+
+    exit_code = 2  # --source names nothing that opens (a source failing mid-run ends the run)
 
 
 @dataclass
@@ -115,6 +119,8 @@ class Capture(Protocol):
 
     def get(self, prop: int) -> float: ...
 
+    def set(self, prop: int, value: float) -> bool: ...
+
     def release(self) -> None: ...
 
 
@@ -168,27 +174,74 @@ def _frame_names(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(root)) for p in paths]
 
 
+class FrameNotes:
+    """What a source noticed about its frames that makes results doubtful, said once.
+
+    Grayscale frames: the finder tells nuclei from cytoplasm by stain colour, so a
+    gray frame yields few or no cells. Multi-page TIFFs: only the first page is read.
+    """
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.gray: list[str] = []
+        self.multipage: list[tuple[str, int]] = []
+
+    def see(self, name: str, image: np.ndarray) -> None:
+        self.frames += 1
+        if looks_grayscale(image):
+            self.gray.append(name)
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.gray:
+            out.append(
+                f"{len(self.gray)} of {self.frames} frames are grayscale (first: {self.gray[0]}): "
+                "the cell finder needs a stained colour image (Wright, Giemsa, May-Gruenwald); "
+                "expect few or no cells"
+            )
+        for name, pages in self.multipage[:5]:
+            out.append(f"{name} is a TIFF of {pages} pages: only page 1 was read")
+        if len(self.multipage) > 5:
+            out.append(f"... and {len(self.multipage) - 5} more multi-page TIFFs")
+        return out
+
+    def add_to(self, info: dict[str, Any]) -> dict[str, Any]:
+        warnings = self.warnings()
+        if warnings:
+            info["warnings"] = warnings
+        return info
+
+
 class ImageFiles:
     """A list of image files in order; unreadable files become frames with an error."""
 
     kind = "images"
     live = False
-    fps = None
+    fps: float | None = None
 
     def __init__(self, paths: list[Path], description: str, max_frames: int | None = None) -> None:
         self.paths = paths[:max_frames] if max_frames is not None else list(paths)
         self.names = _frame_names(self.paths)
         self.description = description
-        self.total = len(self.paths)
+        self.total: int | None = len(self.paths)
         self.end_reason: str | None = None
+        self.notes = FrameNotes()
 
     def __iter__(self) -> Iterator[Frame]:
         for i, (path, name) in enumerate(zip(self.paths, self.names, strict=True)):
             try:
-                image = read_image(path)
+                data = path.read_bytes()
+                image = decode_image(data, str(path))
+            except OSError as e:
+                yield Frame(i, name, None, f"cannot read file ({e.strerror or e})", time.time())
+                continue
             except ImageReadError as e:
                 yield Frame(i, name, None, e.reason, time.time())
                 continue
+            pages = tiff_page_count(data)
+            if pages > 1:
+                self.notes.multipage.append((name, pages))
+            self.notes.see(name, image)
             yield Frame(i, name, image, None, time.time())
         self.end_reason = "all images read"
 
@@ -196,7 +249,8 @@ class ImageFiles:
         """Nothing is held open between frames."""
 
     def info(self) -> dict[str, Any]:
-        return {"kind": self.kind, "source": self.description, "images": self.total}
+        info = {"kind": self.kind, "source": self.description, "images": self.total}
+        return self.notes.add_to(info)
 
 
 def glob_files(pattern: str) -> list[Path]:
@@ -319,6 +373,7 @@ class VideoFile:
         self.description = str(path)
         self.max_frames = max_frames
         self.end_reason: str | None = None
+        self.notes = FrameNotes()
         self._cap = (opener or (lambda: _video_capture(str(path), cv2.CAP_ANY)))()
         if not self._cap.isOpened():
             self._cap.release()
@@ -339,12 +394,17 @@ class VideoFile:
             image = _read_bgr(self._cap)
             if image is None:
                 count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-                early = count > 0 and i < count - 1  # containers may over-count by one
-                self.end_reason = (
-                    f"read failed at frame {i} of {count}" if early else "end of video"
-                )
+                if count > 0 and i < count - 1:  # containers may over-count by one
+                    self.end_reason = f"read failed at frame {i} of {count}"
+                    raise SourceError(
+                        f"{self.path}: {self.end_reason} the container announces (a truncated "
+                        "or damaged file); the frames before it were processed"
+                    )
+                self.end_reason = "end of video"
                 return
-            yield Frame(i, f"{stem}#{i:06d}", image, None, time.time())
+            name = f"{stem}#{i:06d}"
+            self.notes.see(name, image)
+            yield Frame(i, name, image, None, time.time())
             i += 1
         self.end_reason = f"--max-frames {self.max_frames} reached"
 
@@ -352,12 +412,13 @@ class VideoFile:
         self._cap.release()
 
     def info(self) -> dict[str, Any]:
-        return {
+        info = {
             "kind": self.kind,
             "source": self.description,
             "fps": self.fps,
             "frames": self.total,
         }
+        return self.notes.add_to(info)
 
 
 class LiveSource:
@@ -370,7 +431,7 @@ class LiveSource:
     """
 
     live = True
-    total = None
+    total: int | None = None
 
     def __init__(
         self,
@@ -395,6 +456,7 @@ class LiveSource:
         self.end_reason: str | None = None
         self.read_failures = 0
         self.reconnects = 0
+        self.notes = FrameNotes()
         self._cap = self._open_first(hint)
         self.fps = _fps_of(self._cap)
 
@@ -445,7 +507,9 @@ class LiveSource:
             image = self._read_with_retries()
             if image is None:
                 return
-            yield Frame(i, f"{self.kind}#{i:06d}", image, None, time.time())
+            name = f"{self.kind}#{i:06d}"
+            self.notes.see(name, image)
+            yield Frame(i, name, image, None, time.time())
             i += 1
         self.end_reason = f"--max-frames {self.max_frames} reached"
 
@@ -453,13 +517,14 @@ class LiveSource:
         self._cap.release()
 
     def info(self) -> dict[str, Any]:
-        return {
+        info = {
             "kind": self.kind,
             "source": self.description,
             "fps": self.fps,
             "read_failures": self.read_failures,
             "reconnects": self.reconnects,
         }
+        return self.notes.add_to(info)
 
 
 # --------------------------------------------------------------------------- parsing

@@ -22,6 +22,8 @@ class BackendError(RuntimeError):
 class BackendUnavailable(BackendError):
     """The backend's software or hardware is not on this machine."""
 
+    exit_code = 2  # the command names something this machine cannot run: a usage error
+
 
 @runtime_checkable
 class Backend(Protocol):

@@ -36,6 +36,7 @@ from leukedge.artifacts import (
 from leukedge.io import read_json, sha256_file
 from leukedge.runtime.backends.base import BackendError, BackendUnavailable
 from leukedge.spec import INPUT_NAME, OUTPUT_NAME, ModelSpec, SpecError
+from leukedge.validate import UnsafePathError, inside_root
 
 SIDECAR_FORMAT = "leukedge.engine"
 SIDECAR_VERSION = 1
@@ -530,7 +531,12 @@ def load_sidecar_for(engine_path: str | Path) -> EngineSidecar:
             "TensorRT version and GPU it belongs to. Build engines with "
             "`leukedge build-engine runs/NAME` (or MODEL.onnx)"
         )
-    return EngineSidecar.load(side)
+    sidecar = EngineSidecar.load(side)
+    try:  # the engine a sidecar describes lies beside it, never elsewhere
+        inside_root(engine_path.parent, sidecar.engine_file, "engine_file")
+    except UnsafePathError as e:
+        raise SidecarError(f"engine sidecar {side} is invalid: {e}") from None
+    return sidecar
 
 
 # ---------------------------------------------------------------- compatibility and reuse

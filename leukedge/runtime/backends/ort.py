@@ -23,10 +23,21 @@ def spec_from_onnx(path: str | Path) -> ModelSpec:
     """The ModelSpec embedded in an ONNX file's ``metadata_props``."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except OSError as e:
+        raise BackendError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:  # protobuf DecodeError and friends: a truncated or foreign file
+        raise BackendError(
+            f"{path} is not a readable ONNX model (truncated or corrupt: {type(e).__name__}); "
+            "export it again with `leukedge export RUN_DIR`"
+        ) from None
     for prop in model.metadata_props:
         if prop.key == ONNX_METADATA_KEY:
-            return ModelSpec.from_json(prop.value)
+            try:
+                return ModelSpec.from_json(prop.value)
+            except SpecError as e:
+                raise SpecError(f"{path}: the embedded leukedge spec is unusable: {e}") from None
     raise SpecError(
         f"{path} has no '{ONNX_METADATA_KEY}' metadata: it was not exported by leukedge "
         "(export it with `leukedge export RUN_DIR`)"
@@ -37,6 +48,36 @@ def available_providers() -> list[str]:
     import onnxruntime as ort
 
     return list(ort.get_available_providers())
+
+
+def check_graph_against_spec(path: Path, session: Any, spec: ModelSpec) -> None:
+    """Refuse a graph whose input or output shape contradicts its spec.
+
+    A spec with the wrong class count would name classes the model does not
+    output; a wrong input size would feed it images it was not made for.
+    """
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise BackendError(
+            f"{path} has {len(inputs)} inputs and {len(outputs)} outputs: a leukedge "
+            "classifier has one image input and one logits output"
+        )
+    shape_in = list(inputs[0].shape)
+    expected = list(spec.input_shape)
+    fixed = [(i, d) for i, d in enumerate(shape_in[1:]) if isinstance(d, int) and d > 0]
+    if len(shape_in) != 4 or any(d != expected[i] for i, d in fixed):
+        raise BackendError(
+            f"{path} takes input {shape_in} but its spec says (N, {', '.join(map(str, expected))}); "
+            "the spec does not belong to this graph: export the run again"
+        )
+    shape_out = list(outputs[0].shape)
+    last = shape_out[-1] if shape_out else None
+    wrong_classes = isinstance(last, int) and last > 0 and last != spec.num_classes
+    if shape_out and (len(shape_out) != 2 or wrong_classes):
+        raise BackendError(
+            f"{path} outputs {shape_out} but its spec names {spec.num_classes} classes "
+            f"{spec.classes}; the spec does not belong to this graph: export the run again"
+        )
 
 
 class OrtBackend:
@@ -78,7 +119,14 @@ class OrtBackend:
         options.intra_op_num_threads = threads
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session: Any = ort.InferenceSession(str(self.path), options, providers=providers)
+        try:
+            self.session: Any = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as e:  # InvalidProtobuf, Fail, NotImplemented: the file cannot run
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise BackendError(
+                f"ONNX Runtime cannot load {self.path} ({first}); export it again with "
+                "`leukedge export RUN_DIR`"
+            ) from None
         self.provider = self.session.get_providers()[0]
         self.device = "cpu" if self.provider == "CPUExecutionProvider" else "cuda:0"
         self.name = f"ort-{self.precision}" + ("" if self.device == "cpu" else f"-{device}")
@@ -86,6 +134,7 @@ class OrtBackend:
         self.output_name = self.session.get_outputs()[0].name
         batch_dim = self.session.get_inputs()[0].shape[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        check_graph_against_spec(self.path, self.session, self.spec)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         x = check_batch(batch, self.spec, self.max_batch)

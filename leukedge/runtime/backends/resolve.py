@@ -263,7 +263,7 @@ def run_dir_candidates(
     if not candidates:
         if choice.family in (AUTO, "ort") and not onnx_files:
             what = "" if any_precision else f" {choice.precision}"
-            raise BackendError(
+            raise BackendUnavailable(
                 f"{model_dir} has no exported{what} model ({export_dir}/model.*.onnx): "
                 f"run `leukedge export {model_dir}` first"
             )

@@ -23,6 +23,15 @@ from leukedge.runtime.cells.scale import estimate_cell_diameter
 from leukedge.runtime.cells.split import split_cells
 from leukedge.runtime.cells.stain import StainMaps, background_grid, shrink, stain_maps
 from leukedge.runtime.cells.types import RBC_DIAMETER_UM, WBC_DIAMETER_UM, Cell, Tuning
+from leukedge.validate import (
+    MAX_CELL_DIAMETER_PX,
+    MAX_CROP_SIDE,
+    MAX_UM_PER_PX,
+    MIN_CELL_DIAMETER_PX,
+    MIN_UM_PER_PX,
+    UsageError,
+    finite,
+)
 
 if TYPE_CHECKING:
     from leukedge.spec import ModelSpec
@@ -60,14 +69,37 @@ class CellFinder:
         spec: ModelSpec | None = None,
         **tuning: float,
     ) -> None:
-        if cell_diameter_px is not None and not cell_diameter_px > 0:
-            raise ValueError(f"cell_diameter_px must be > 0, got {cell_diameter_px}")
-        if um_per_px is not None and not um_per_px > 0:
-            raise ValueError(f"um_per_px must be > 0, got {um_per_px}")
+        if cell_diameter_px is not None:
+            finite(cell_diameter_px, "cell_diameter_px", MIN_CELL_DIAMETER_PX, MAX_CELL_DIAMETER_PX)
+        if um_per_px is not None:
+            finite(um_per_px, "um_per_px", MIN_UM_PER_PX, MAX_UM_PER_PX)
         self.cell_diameter_px = cell_diameter_px
         self.um_per_px = um_per_px
         self.spec = spec
         self.tuning = Tuning.from_kwargs(**tuning)
+        self._check_crop_side()
+
+    def _check_crop_side(self) -> None:
+        """Refuse a scale outside the finder's range, or whose crops would pass MAX_CROP_SIDE."""
+        d = self.known_diameter
+        if d is None:
+            return
+        if not MIN_CELL_DIAMETER_PX <= d <= MAX_CELL_DIAMETER_PX:
+            raise UsageError(
+                f"--um-per-px {self.um_per_px} means white cells of {d:.1f} px; the finder "
+                f"works with {MIN_CELL_DIAMETER_PX:g}-{MAX_CELL_DIAMETER_PX:g} px cells"
+            )
+        if self.spec is None:
+            return
+        from leukedge.imaging.preprocess import crop_side_for
+
+        side = crop_side_for(d, self.spec)
+        if side > MAX_CROP_SIDE:
+            raise UsageError(
+                f"white cells of {d:.0f} px make {side} px crops for this model "
+                f"(cell_fraction {self.spec.cell_fraction}), over the limit of {MAX_CROP_SIDE} "
+                "px: check --cell-diameter-px / --um-per-px"
+            )
 
     @classmethod
     def from_spec(
