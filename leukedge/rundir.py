@@ -18,18 +18,39 @@ so the bench can read run dirs on a machine without torch.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from leukedge.data.layouts import load_dataset
 from leukedge.data.records import Dataset, DatasetError
-from leukedge.data.splits import Split, load_split
+from leukedge.data.splits import Split, load_split, read_split_file
 from leukedge.io import read_json
 from leukedge.spec import ModelSpec
 
 
 class RunDirError(ValueError):
-    """A run directory that is missing something a step needs."""
+    """A run directory that is missing something a step needs (a usage error: exit 2)."""
+
+    exit_code = 2
+
+
+class CorruptRunError(RunDirError):
+    """A run file that is there but unreadable (a failure: exit 1)."""
+
+    exit_code = 1
+
+
+class RunExistsError(FileExistsError):
+    """A run dir that already holds a run; refusing protects it from being overwritten."""
+
+    exit_code = 2
+
+
+# What a run that never finished its first epoch can leave: a new run may replace these.
+UNFINISHED_RUN_FILES = frozenset(
+    {"config.json", "split.json", "history.csv", "curves.png", "checkpoint.pt", "last.pt"}
+)
 
 
 class RunDir:
@@ -61,13 +82,61 @@ class RunDir:
         self.require("spec.json")
         return ModelSpec.load(self.spec_path)
 
+    def is_run(self) -> bool:
+        """Whether a run has trained here: spec.json is written last, after the first epoch."""
+        return self.spec_path.is_file()
+
+    def check_target(self, resume: bool) -> None:
+        """Refuse an --out that training would damage or cannot use, before anything is written.
+
+        A new run needs a new folder, an empty one, or the leftovers of a run that
+        never finished an epoch; a folder holding anything else is not overwritten.
+        """
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise RunDirError(f"--out {p} is a file, not a folder")
+        if resume:
+            if not self.is_run() or not self.last_path.is_file():
+                raise RunDirError(
+                    f"nothing to resume in {p}: no finished epoch there (spec.json and last.pt "
+                    "are written after the first one); start the run again without --resume"
+                )
+            return
+        if self.is_run():
+            raise RunExistsError(
+                f"{p} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        if p.is_dir():
+            foreign = sorted(
+                e.name
+                for e in p.iterdir()
+                if e.name not in UNFINISHED_RUN_FILES and not e.name.startswith(".")
+            )
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+                raise RunDirError(
+                    f"--out {p} is not empty and is not a leukedge run (it holds {shown}); "
+                    "training would overwrite files there: choose a new or empty folder"
+                )
+        _check_writable(p)
+
     def config(self) -> dict[str, Any]:
-        return read_json(self.config_path) if self.config_path.is_file() else {}
+        if not self.config_path.is_file():
+            return {}
+        try:
+            data = read_json(self.config_path)
+        except (OSError, ValueError) as e:
+            raise CorruptRunError(f"{self.config_path} is unreadable ({e})") from None
+        if not isinstance(data, dict):
+            raise CorruptRunError(f"{self.config_path} is not a JSON object")
+        return data
 
     def dataset_and_split(self, data: str | Path | None = None) -> tuple[Dataset, Split]:
         """The run's dataset (or ``data`` laid out the same way) and its saved split."""
         self.require("split.json")
-        saved = read_json(self.split_path)
+        saved = read_split_file(self.split_path)
+        if not data and not saved.get("data_root"):
+            raise RunDirError(f"{self.split_path} names no data folder; pass --data PATH")
         root = Path(data) if data else Path(saved["data_root"])
         if not root.exists():
             raise RunDirError(
@@ -78,8 +147,19 @@ class RunDir:
             dataset = load_dataset(root, layout)
         except DatasetError:  # another layout of the same classes given with --data
             dataset = load_dataset(root)
-        if dataset.classes != saved["classes"]:
+        if dataset.classes != saved.get("classes"):
             raise RunDirError(
-                f"classes of {root} {dataset.classes} differ from the run's {saved['classes']}"
+                f"classes of {root} {dataset.classes} differ from the run's {saved.get('classes')}"
             )
         return dataset, load_split(self.split_path, dataset)
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a folder that cannot be created or written (the nearest existing one decides)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunDirError(f"cannot create {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot write in {existing} (permission denied): choose another --out")

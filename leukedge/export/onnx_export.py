@@ -44,6 +44,7 @@ from onnx import numpy_helper
 
 from leukedge.io import atomic_path
 from leukedge.spec import INPUT_NAME, ONNX_METADATA_KEY, OUTPUT_NAME, ModelSpec
+from leukedge.validate import UsageError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -52,12 +53,17 @@ EXPORTER = "torch.onnx dynamo (torch.export + onnxscript)"
 BATCH_DIM = "batch"
 # The dynamo exporter implements its ops at opset 18; lower requests cannot be met.
 MIN_DYNAMO_OPSET = 18
+MIN_OPSET = 17  # LayerNormalization; asked for, it is exported at MIN_DYNAMO_OPSET
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 NO_FOLD_LIMIT = 1 << 40
 
 
 class ExportError(RuntimeError):
     """An export that failed or produced a graph leukedge will not ship."""
+
+
+class ExportArgumentError(ExportError, UsageError):
+    """An export argument that can never work (a usage error: exit 2)."""
 
 
 @dataclass
@@ -79,8 +85,12 @@ def export_onnx(
 ) -> OnnxExport:
     """Export ``model`` (eval mode, CPU, fp32) to ``path`` atomically and check the graph."""
     notes: list[str] = []
-    if opset < 17:
+    if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset >= 17")
+    if opset > max_opset():
+        raise ExportError(
+            f"opset {opset} is newer than this exporter supports (at most {max_opset()})"
+        )
     if opset < MIN_DYNAMO_OPSET:
         notes.append(
             f"opset {opset} requested; the dynamo exporter's lowest opset is "
@@ -100,6 +110,17 @@ def export_onnx(
         onnx.save_model(proto, str(tmp))
     seconds = time.perf_counter() - start
     return OnnxExport(path, onnx_opset(proto), seconds, graph_summary(proto), notes)
+
+
+def max_opset() -> int:
+    """The newest opset both the installed torch exporter and the onnx package know."""
+    import onnx.defs
+
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET as torch_max
+    except ImportError:  # a torch without the constant: the last one it was known to have
+        torch_max = 23
+    return int(min(torch_max, onnx.defs.onnx_opset_version()))
 
 
 def trace_to_onnx(model: nn.Module, spec: ModelSpec, opset: int) -> onnx.ModelProto:

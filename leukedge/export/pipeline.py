@@ -41,7 +41,14 @@ from leukedge.data.records import DatasetError, Record
 from leukedge.export import fp16 as fp16_mod
 from leukedge.export import int8 as int8_mod
 from leukedge.export import trt_compat
-from leukedge.export.onnx_export import EXPORTER, ExportError, export_onnx
+from leukedge.export.onnx_export import (
+    EXPORTER,
+    MIN_OPSET,
+    ExportArgumentError,
+    ExportError,
+    export_onnx,
+    max_opset,
+)
 from leukedge.export.parity import (
     batch_check,
     compare,
@@ -52,6 +59,7 @@ from leukedge.export.parity import (
 from leukedge.io import is_disk_full, sha256_file, sweep_stale_temps
 from leukedge.rundir import RunDir, RunDirError
 from leukedge.spec import ModelSpec
+from leukedge.validate import UnsafePathError, inside_root, integer
 
 EXPORT_JSON_VERSION = 1
 PARITY_SPLIT = "val"
@@ -94,13 +102,11 @@ def export_run(
     file breaks TensorRT's parser rules, unless ``allow_incompatible``.
     """
     calib_method = calib_method.strip().lower()
-    wanted = _check_args(precisions, calib_method, calib_size)
+    wanted = _check_args(precisions, calib_method, calib_size, opset)
     run = RunDir(run_dir)
     run.require("spec.json", "checkpoint.pt")
     spec = run.spec()
     out_dir = run.export_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(out_dir)  # what a killed export left
     tell = progress or (lambda stage, done, total: None)
     warnings: list[str] = []
     errors: dict[str, str] = {}
@@ -109,6 +115,8 @@ def export_run(
     from leukedge.train.models import load_run_model
 
     model = load_run_model(run)
+    out_dir.mkdir(parents=True, exist_ok=True)  # once the checkpoint has loaded
+    sweep_stale_temps(out_dir)  # what a killed export left
     checkpoint_sha = sha256_file(run.checkpoint_path)
     tell("load model", 1, 1)
     val = _load_val(run, spec, data, warnings, tell)
@@ -201,15 +209,17 @@ def _parity(
 
 
 def _check_args(
-    precisions: Sequence[str] | str, calib_method: str, calib_size: int | None
+    precisions: Sequence[str] | str, calib_method: str, calib_size: int | None, opset: int
 ) -> list[str]:
+    """Refuse what cannot be exported before anything is loaded or written."""
     try:
         wanted = parse_precisions(precisions if isinstance(precisions, str) else tuple(precisions))
-    except ValueError as e:
-        raise ExportError(str(e)) from None
+        if calib_size is not None:
+            integer(calib_size, "--calib-size", 1)
+        integer(opset, "--opset", MIN_OPSET, max_opset())
+    except ValueError as e:  # UsageError included
+        raise ExportArgumentError(str(e)) from None
     int8_mod.method_enum(calib_method)
-    if calib_size is not None and calib_size < 1:
-        raise ExportError(f"--calib-size must be >= 1, got {calib_size}")
     return wanted
 
 
@@ -238,8 +248,14 @@ def _previous(out_dir: Path, checkpoint_sha: str) -> dict[str, dict[str, Any]]:
     if old.get("checkpoint_sha256") != checkpoint_sha:
         return {}
     kept = {}
-    for precision, entry in old.get("files", {}).items():
-        f = out_dir / entry.get("file", "")
+    files = old.get("files")
+    for precision, entry in (files if isinstance(files, dict) else {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            continue
+        try:  # a name in export.json must not point outside the export folder
+            f = inside_root(out_dir, entry["file"], "file")
+        except UnsafePathError:
+            continue
         if f.is_file() and sha256_file(f) == entry.get("sha256"):
             kept[precision] = entry
     return kept

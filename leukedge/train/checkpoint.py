@@ -30,8 +30,39 @@ def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(state, f)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is there but cannot be read: truncated, corrupt or foreign."""
+
+
 def load_training_state(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or not {"model", "optimizer", "epoch"} <= set(state):
+        raise CheckpointError(f"{path} is not a leukedge training state (last.pt)")
+    return state
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)`` whose failures say the file is corrupt.
+
+    torch's own messages about unpickling advise ``weights_only=False``, which would
+    run code from the file: never the advice to give for a file that fails to load.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (a crash while it was written?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, zip errors ...
+        first = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a PyTorch weights file "
+            f"({type(e).__name__}{': ' + first if first and 'weights_only' not in first else ''})"
+            "; retrain the run or restore the file from a backup"
+        ) from None
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
+
+from leukedge.spec import CROP_STYLES
+from leukedge.validate import (
+    MAX_BATCH,
+    MAX_INPUT_SIZE,
+    UsageError,
+    batch_memory,
+    choice,
+    device_name,
+    finite,
+    integer,
+    positive,
+)
 
 DEFAULT_LR = {"cnn": 1e-3}
 FALLBACK_LR = 3e-4
@@ -47,22 +63,129 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise UsageError(f"a training config is a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def validate(self) -> None:
-        problems = []
-        if self.epochs < 1:
-            problems.append("--epochs must be >= 1")
-        if self.batch_size < 1:
-            problems.append("--batch-size must be >= 1")
-        if self.img_size < 32:
-            problems.append("--img-size must be >= 32")
-        if self.optimizer not in ("adamw", "adam"):
-            problems.append("--optimizer must be adamw or adam")
-        if self.split not in ("subject", "official"):
-            problems.append("--split must be subject or official")
-        if self.workers < 0:
-            problems.append("--workers must be >= 0")
+        """Refuse every value that cannot work, all at once, before anything is written.
+
+        Needs no torch, so a mistyped flag costs no second of import time.
+        """
+        for name in ("optimizer", "split", "layout", "device", "crop_style"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, value.strip().lower())
+        problems: list[str] = []
+        for check in _CHECKS:
+            try:
+                check(self)
+            except UsageError as e:
+                problems.append(str(e))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UsageError("; ".join(problems))
+
+
+SEED_MAX = 2**32 - 1
+LAYOUTS = ("auto", "cnmc", "allidb2", "folders", "synthetic")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# What may change when a run is resumed; everything else continues as the run was started.
+RESUME_MAY_CHANGE = frozenset({"epochs", "workers", "device", "patience", "eval_batch_size", "out"})
+
+
+def _check_model(c: TrainConfig) -> None:
+    if not isinstance(c.model, str) or not MODEL_NAME.match(c.model):
+        raise UsageError(
+            f"--model must be cnn, resnet50, vit-hybrid or a timm model name, got {c.model!r}"
+        )
+
+
+def _check_path(value: Any, flag: str, what: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"{flag} is needed: {what}")
+
+
+def _check_batch(c: TrainConfig) -> None:
+    integer(c.batch_size, "--batch-size", 1, MAX_BATCH)
+    integer(c.img_size, "--img-size", 32, MAX_INPUT_SIZE)
+    batch_memory(c.batch_size, c.img_size, "--batch-size")
+    integer(c.eval_batch_size, "eval_batch_size", 1, MAX_BATCH)
+    batch_memory(c.eval_batch_size, c.img_size, "eval_batch_size")
+
+
+def _optional(check: Callable[[Any], Any], value: Any) -> None:
+    if value is not None:
+        check(value)
+
+
+def _check_pretrained(c: TrainConfig) -> None:
+    p = c.pretrained
+    if p == "timm" and c.model == "cnn":
+        raise UsageError("--pretrained timm: the cnn has no hub weights (give a weights file)")
+    if p is None or p == "timm":
+        return
+    if not isinstance(p, str) or not Path(p).expanduser().is_file():
+        raise UsageError(
+            f"--pretrained takes 'timm' or a weights file (.pth/.pt/.bin/.safetensors); "
+            f"{p!r} is neither"
+        )
+
+
+_CHECKS: tuple[Callable[[TrainConfig], Any], ...] = (
+    _check_model,
+    lambda c: _check_path(c.data, "--data", "the dataset folder"),
+    lambda c: _check_path(c.out, "--out", "the run dir to create"),
+    lambda c: integer(c.epochs, "--epochs", 1, 100_000),
+    _check_batch,
+    lambda c: _optional(lambda v: positive(v, "--lr", hi=10.0), c.lr),
+    lambda c: finite(c.weight_decay, "--weight-decay", 0.0, 10.0),
+    lambda c: choice(c.optimizer, "--optimizer", ("adamw", "adam")),
+    lambda c: finite(c.warmup_epochs, "warmup_epochs", 0.0, 100_000.0),
+    lambda c: integer(c.patience, "--patience", 1, 100_000),
+    lambda c: device_name(c.device, "--device"),
+    _check_pretrained,
+    lambda c: choice(c.split, "--split", ("subject", "official")),
+    lambda c: integer(c.seed, "--seed", 0, SEED_MAX),
+    lambda c: integer(c.workers, "--workers", 0, 256),
+    lambda c: choice(c.layout, "--layout", LAYOUTS),
+    lambda c: _optional(lambda v: choice(v, "--crop-style", CROP_STYLES), c.crop_style),
+    lambda c: _optional(lambda v: finite(v, "cell_fraction", 0.05, 1.0), c.cell_fraction),
+    lambda c: finite(c.label_smoothing, "label_smoothing", 0.0, 0.5),
+    lambda c: finite(c.grad_clip, "grad_clip", 0.0, 1e6),
+)
+
+
+def resume_differences(
+    saved: TrainConfig, given: TrainConfig, explicit: set[str] | None = None
+) -> list[str]:
+    """How ``given`` differs from the run's ``saved`` config in what --resume cannot change.
+
+    ``explicit``: the fields the user set (on the command line); None means every
+    field whose value is not the default. The data folder counts as changed only when
+    the run's own folder still exists (a moved dataset may be passed again).
+    """
+    default = TrainConfig()
+    if explicit is None:
+        explicit = {
+            f.name
+            for f in fields(TrainConfig)
+            if getattr(given, f.name) != getattr(default, f.name)
+        }
+    out = []
+    for name in sorted(explicit - RESUME_MAY_CHANGE):
+        old, new = getattr(saved, name, None), getattr(given, name, None)
+        if name == "data":
+            if _same_folder(old, new) or not Path(str(old)).expanduser().exists():
+                continue
+        elif old == new:
+            continue
+        out.append(f"{name}: the run has {old!r}, now {new!r}")
+    return out
+
+
+def _same_folder(a: Any, b: Any) -> bool:
+    try:
+        return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+    except OSError:
+        return str(a) == str(b)

@@ -12,6 +12,7 @@ from leukedge.progress import Reporter
 from leukedge.rundir import RunDir, RunDirError
 from leukedge.train.evaluate import metrics_of, per_subject_accuracy, predict
 from leukedge.train.loop import Distributed, resolve_device
+from leukedge.validate import MAX_BATCH, batch_memory, choice, integer
 
 EVAL_SPLITS = (*SPLITS, "all")
 
@@ -33,11 +34,13 @@ def evaluate_run(
     the result says so).
     """
     reporter = reporter or Reporter()
-    if split not in EVAL_SPLITS:
-        raise ValueError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
+    split = choice(split, "--split", EVAL_SPLITS)
+    integer(batch_size, "--batch-size", 1, MAX_BATCH)
+    integer(workers, "--workers", 0, 256)
     run = RunDir(run_path)
     run.require("spec.json", "checkpoint.pt")
     spec = run.spec()
+    batch_memory(batch_size, spec.input_size, "--batch-size")
     notes: list[str] = []
     saved_split: Split | None
     if data is None:

@@ -25,11 +25,12 @@ from torch.utils.data.distributed import DistributedSampler
 
 from leukedge.data.cellscale import estimate_cell_fraction
 from leukedge.data.layouts import load_dataset
-from leukedge.data.records import Dataset, Record
+from leukedge.data.records import Dataset, DatasetError, Record
 from leukedge.data.splits import Split, load_split, make_split
 from leukedge.io import atomic_write_json, atomic_write_text, sweep_stale_temps
 from leukedge.progress import Reporter
-from leukedge.rundir import RunDir
+from leukedge.rundir import CorruptRunError, RunDir
+from leukedge.rundir import RunExistsError as RunExistsError  # where callers have found it
 from leukedge.spec import ModelSpec
 from leukedge.train.checkpoint import (
     load_training_state,
@@ -37,11 +38,12 @@ from leukedge.train.checkpoint import (
     save_weights,
     unwrap,
 )
-from leukedge.train.config import LAYOUT_CROP_STYLE, TrainConfig
+from leukedge.train.config import LAYOUT_CROP_STYLE, TrainConfig, resume_differences
 from leukedge.train.dataset import CellDataset, make_loader
 from leukedge.train.evaluate import metrics_of, per_subject_accuracy, predict
 from leukedge.train.models import build_model, count_parameters, default_spec, load_run_model
 from leukedge.train.plots import plot_confusion, plot_curves
+from leukedge.validate import UsageError
 
 HISTORY_FIELDS = [
     "epoch",
@@ -58,8 +60,8 @@ HISTORY_FIELDS = [
 ]
 
 
-class RunExistsError(FileExistsError):
-    """A run dir that already holds a run; refusing protects it from being overwritten."""
+class TrainError(RuntimeError):
+    """Training that cannot go on (nothing trained in an epoch, a model that cannot take a batch)."""
 
 
 @dataclass
@@ -87,7 +89,7 @@ def resolve_device(name: str, dist: Distributed) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(
+            raise UsageError(
                 "--device cuda asked for, but torch sees no CUDA GPU; use --device cpu"
             )
         if name == "cuda":
@@ -137,23 +139,44 @@ def make_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _resumed_config(cfg: TrainConfig, run: RunDir, explicit: set[str] | None) -> TrainConfig:
+    """The run's saved config with what --resume may change taken from ``cfg``.
+
+    Refuses a changed model, input size, data folder or any other setting the run
+    was started with, listing each difference, instead of silently ignoring it.
+    """
+    run.require("config.json", "split.json", "spec.json")
+    try:
+        saved = TrainConfig.from_dict(run.config())
+        saved.validate()
+    except (UsageError, TypeError) as e:
+        raise CorruptRunError(f"{run.config_path} is not a usable training config: {e}") from None
+    diffs = resume_differences(saved, cfg, explicit)
+    if diffs:
+        raise UsageError(
+            f"--resume continues {run.path} with the settings it was started with, and these "
+            f"differ: {'; '.join(diffs)}. Leave them out, or start a new run with another --out"
+        )
+    for name in ("epochs", "workers", "device", "patience", "eval_batch_size"):
+        if explicit is None or name in explicit:
+            setattr(saved, name, getattr(cfg, name))
+    if cfg.data and Path(cfg.data).expanduser().exists():  # the same data, maybe moved
+        saved.data = cfg.data
+    return saved
+
+
 def _prepare_run(
-    cfg: TrainConfig, run: RunDir, resume: bool, reporter: Reporter
+    cfg: TrainConfig,
+    run: RunDir,
+    resume: bool,
+    reporter: Reporter,
+    explicit: set[str] | None = None,
 ) -> tuple[TrainConfig, Dataset, Split, ModelSpec]:
     """Dataset, split and spec: new ones for a new run, the saved ones on resume."""
     if resume:
-        run.require("config.json", "split.json", "spec.json")
-        saved = TrainConfig.from_dict(run.config())
-        saved.epochs, saved.workers, saved.device = cfg.epochs, cfg.workers, cfg.device
-        if cfg.data:
-            saved.data = cfg.data
-        cfg = saved
+        cfg = _resumed_config(cfg, run, explicit)
         dataset = load_dataset(cfg.data, cfg.layout)
         return cfg, dataset, load_split(run.split_path, dataset), run.spec()
-    if run.spec_path.exists() or run.last_path.exists():
-        raise RunExistsError(
-            f"{run.path} already holds a run; pass --resume to continue it or choose another --out"
-        )
     dataset = load_dataset(cfg.data, cfg.layout)
     split = make_split(dataset, cfg.split, cfg.seed)
     for w in split.warnings + dataset.notes:
@@ -225,6 +248,7 @@ class TrainSetup:
     schedule: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     use_amp: bool
+    fresh: bool = False  # a new run whose files are written after its first epoch
 
 
 @dataclass
@@ -257,24 +281,30 @@ def _init_distributed(cfg: TrainConfig) -> Distributed:
 
 
 def setup_training(
-    cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None
+    cfg: TrainConfig,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    explicit: set[str] | None = None,
 ) -> tuple[TrainSetup, Progress]:
-    """Run dir, data, split, model, optimizer and schedule; on resume, the saved state too."""
+    """Run dir, data, split, model, optimizer and schedule; on resume, the saved state too.
+
+    Every argument is checked and the model built before anything is written: a new
+    run's files appear after its first epoch, spec.json last (see
+    :func:`_write_new_run`), so a run that never trained is not a run.
+    ``explicit`` names the settings the user gave (see :func:`_resumed_config`).
+    """
     reporter = reporter or Reporter()
     cfg.validate()
-    dist = _init_distributed(cfg)
-    device = resolve_device(cfg.device, dist)
     run = RunDir(cfg.out)
+    dist = _init_distributed(cfg)
+    if dist.is_main:
+        run.check_target(resume)
+    device = resolve_device(cfg.device, dist)
     if not dist.is_main:
         reporter = Reporter()
-    cfg, dataset, split, spec = _prepare_run(cfg, run, resume, reporter)
+    cfg, dataset, split, spec = _prepare_run(cfg, run, resume, reporter, explicit)
     if dist.world > 1:
         torch.distributed.barrier()
-    if dist.is_main and not resume:
-        run.path.mkdir(parents=True, exist_ok=True)
-        split.save(run.split_path, dataset)
-        spec.save(run.spec_path)
-        atomic_write_json(run.config_path, cfg.to_dict())
     if dist.is_main:
         sweep_stale_temps(run.path)  # checkpoints a killed run was writing
 
@@ -286,7 +316,7 @@ def setup_training(
     val_records = split.records(dataset, "val")
     test_records = split.records(dataset, "test")
     if not train_records or not val_records:
-        raise ValueError(
+        raise DatasetError(
             f"split has {len(train_records)} train and {len(val_records)} val images; "
             "both need at least one"
         )
@@ -300,7 +330,10 @@ def setup_training(
         else None
     )
     per_rank = math.ceil(len(train_set) / dist.world)
-    steps_per_epoch = max(1, per_rank // cfg.batch_size)  # one short batch when smaller
+    # A last batch of one image is dropped when there are others (BatchNorm statistics of one
+    # image are noise); --batch-size 1, or a split of one image, trains image by image.
+    drop_last = per_rank % cfg.batch_size == 1 and per_rank > cfg.batch_size
+    steps_per_epoch = per_rank // cfg.batch_size if drop_last else -(-per_rank // cfg.batch_size)
     optimizer = make_optimizer(model, cfg)
     use_amp = cfg.amp and device.type == "cuda"
     s = TrainSetup(
@@ -319,13 +352,14 @@ def setup_training(
         ddp_model=model,
         train_set=train_set,
         sampler=sampler,
-        drop_last=per_rank >= cfg.batch_size,  # BatchNorm needs >1 image; no ragged tail
+        drop_last=drop_last,
         loss_fn=nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing),
         eval_loss=nn.CrossEntropyLoss(weight=weights),
         optimizer=optimizer,
         schedule=make_schedule(optimizer, cfg, steps_per_epoch),
         scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
         use_amp=use_amp,
+        fresh=not resume,
     )
     progress = _restore(s) if resume and run.last_path.exists() else Progress()
     if dist.world > 1:
@@ -381,14 +415,15 @@ def train_one_epoch(s: TrainSetup, epoch: int, skipped: dict[str, str]) -> Epoch
     total_loss, seen = 0.0, 0
     for batch in loader:
         skipped.update(dict(batch["errors"]))
-        if batch["x"] is None or len(batch["x"]) < 2:
+        if batch["x"] is None or len(batch["x"]) == 0:
             continue
         x = batch["x"].to(device, non_blocking=True)
         y = batch["y"].to(device, non_blocking=True)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, enabled=s.use_amp):
-            loss = s.loss_fn(s.ddp_model(x), y)
+        loss = _forward_loss(s, x, y)
+        if loss is None:
+            continue
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(loss).backward()
         if cfg.grad_clip:
@@ -402,7 +437,32 @@ def train_one_epoch(s: TrainSetup, epoch: int, skipped: dict[str, str]) -> Epoch
         rate = seen / max(1e-9, time.perf_counter() - t0)
         s.reporter.advance(task, len(x), loss=f"{total_loss / seen:.3f}", img_s=f"{rate:.1f}")
     s.reporter.finish(task)
+    if seen == 0:
+        raise TrainError(
+            f"epoch {epoch} trained on no image: all {len(s.train_records)} train images were "
+            "unreadable or skipped (see `leukedge data check`); nothing was saved"
+        )
     return EpochStats(t0, time.perf_counter() - t0, total_loss, seen)
+
+
+def _forward_loss(s: TrainSetup, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """The batch's loss; None for a one-image batch that BatchNorm cannot normalise.
+
+    A single image has statistics over its pixels, unless a layer's feature map is
+    1x1 (small inputs to deep models): then --batch-size 1 cannot train at all.
+    """
+    try:
+        with torch.autocast(x.device.type, enabled=s.use_amp):
+            return s.loss_fn(s.ddp_model(x), y)
+    except ValueError as e:
+        if len(x) != 1 or "more than 1 value per channel" not in str(e):
+            raise
+        if s.cfg.batch_size == 1:
+            raise UsageError(
+                f"--batch-size 1 cannot train {s.cfg.model} at --img-size {s.cfg.img_size}: a "
+                "BatchNorm layer sees one value per channel; use --batch-size 2 or more"
+            ) from None
+        return None
 
 
 def validate_and_checkpoint(
@@ -444,6 +504,8 @@ def _validate_and_checkpoint_main(
     improved = _is_better(row, progress.best)
     row["best"] = int(improved)
     progress.history.append(row)
+    if s.fresh:
+        _write_new_run(s)
     if improved:
         progress.best = {k: row[k] for k in ("epoch", "val_f1_weighted", "val_loss")}
         progress.stale = 0
@@ -465,6 +527,9 @@ def _validate_and_checkpoint_main(
         },
     )
     _write_history(run.history_path, progress.history)
+    if s.fresh:  # the run dir's identity, written last: from now on this is a run
+        s.spec.save(run.spec_path)
+        s.fresh = False
     s.reporter.log(
         f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  "
         f"val acc {row['val_accuracy']:.3f}  F1w {row['val_f1_weighted']:.3f}  "
@@ -477,6 +542,13 @@ def _validate_and_checkpoint_main(
     return False
 
 
+def _write_new_run(s: TrainSetup) -> None:
+    """split.json and config.json of a new run, once its first epoch has trained."""
+    s.run.path.mkdir(parents=True, exist_ok=True)
+    s.split.save(s.run.split_path, s.dataset)
+    atomic_write_json(s.run.config_path, s.cfg.to_dict())
+
+
 def draw_curves(s: TrainSetup, progress: Progress) -> None:
     """curves.png of the epochs done so far (main process, once at least one is done)."""
     if s.dist.is_main and progress.history:
@@ -484,13 +556,17 @@ def draw_curves(s: TrainSetup, progress: Progress) -> None:
 
 
 def train(
-    cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None
+    cfg: TrainConfig,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    explicit: set[str] | None = None,
 ) -> dict[str, Any]:
     """Train, validate every epoch, keep the best, evaluate it on test; returns metrics.json.
 
     curves.png is drawn once, when training ends, stops early or is interrupted.
+    ``explicit``: the settings the user gave, checked against the run on ``resume``.
     """
-    s, progress = setup_training(cfg, resume, reporter)
+    s, progress = setup_training(cfg, resume, reporter, explicit)
     try:
         for epoch in range(progress.start_epoch, s.cfg.epochs + 1):
             stats = train_one_epoch(s, epoch, progress.skipped)

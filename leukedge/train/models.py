@@ -20,6 +20,8 @@ from torch import nn
 
 from leukedge.rundir import RunDir
 from leukedge.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from leukedge.train.checkpoint import CheckpointError, load_checkpoint
+from leukedge.validate import UsageError
 
 ALIASES = {
     "resnet50": "resnet50",
@@ -74,7 +76,7 @@ def _known_timm_name(arch: str) -> str:
     if name is None or (
         name not in timm.list_models() and name not in timm.list_models(pretrained=True)
     ):
-        raise ValueError(
+        raise UsageError(
             f"unknown model {arch!r}: use one of {', '.join(BUILTIN)} or a timm model name "
             "(see timm.list_models())"
         )
@@ -123,8 +125,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError, OSError: a truncated or foreign file
+            raise PretrainedError(f"{path} is not a readable safetensors file ({e})") from None
+    try:
+        obj = load_checkpoint(path)
+    except CheckpointError as e:
+        raise PretrainedError(f"pretrained weights: {e}") from None
     for key in ("model", "state_dict", "model_state"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -216,7 +224,17 @@ def count_parameters(model: nn.Module) -> int:
 def load_run_model(run: RunDir, map_location: str = "cpu") -> nn.Module:
     """A run's best checkpoint in eval mode (weights loaded with ``weights_only=True``)."""
     run.require("spec.json", "checkpoint.pt")
-    model = model_from_spec(run.spec())
-    state = torch.load(run.checkpoint_path, map_location=map_location, weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
+    spec = run.spec()
+    model = model_from_spec(spec)
+    state = load_checkpoint(run.checkpoint_path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{run.checkpoint_path} does not hold a state dict")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise CheckpointError(
+            f"{run.checkpoint_path} does not fit the {spec.arch} with {spec.num_classes} classes "
+            f"that spec.json describes ({first}); the two files are from different runs"
+        ) from None
+    return model.to(map_location).eval()
