@@ -40,6 +40,8 @@ NEARLY_FULL_BYTES = 1 << 20
 class OutputError(Exception):
     """A folder or file leukedge refuses to write: not its own, in use, or a link elsewhere."""
 
+    exit_code = 2  # the command names an output that cannot be used: a usage error
+
 
 class DiskFullError(OSError):
     """The disk (or the user's quota) is full; the message names the file that did not fit."""

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from leukedge.cli import params
 from leukedge.cli.common import (
     app,
     console,
@@ -15,6 +16,7 @@ from leukedge.cli.common import (
     friendly_errors,
     print_json,
 )
+from leukedge.validate import MAX_BATCH
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -24,39 +26,66 @@ def _batch_sizes(text: str) -> list[int]:
         raise typer.BadParameter(
             f"--batch-sizes takes integers like 1,8,32, got {text!r}"
         ) from None
-    if not sizes or min(sizes) < 1:
-        raise typer.BadParameter(f"--batch-sizes takes integers >= 1, got {text!r}")
+    if not sizes or min(sizes) < 1 or max(sizes) > MAX_BATCH:
+        raise typer.BadParameter(f"--batch-sizes takes integers in [1, {MAX_BATCH}], got {text!r}")
     return sizes
 
 
 @app.command()
 @friendly_errors
 def bench(
-    run: Path = typer.Argument(..., help="Run dir, exported with `leukedge export`."),
-    split: str = typer.Option("test", help="train | val | test | all: the images compared."),
+    run: Path = typer.Argument(..., exists=True, help="Run dir, exported with `leukedge export`."),
+    split: str = typer.Option(
+        "test",
+        help="train | val | test | all: the images compared.",
+        callback=params.one_of("--split", ("train", "val", "test", "all")),
+    ),
     data: Path | None = typer.Option(None, help="The run's data, if it moved (or on a Jetson)."),
     backends: str | None = typer.Option(
         None,
+        callback=params.backend("--backends", many=True),
         help="Comma list of torch, ort-fp32, ort-fp16, ort-int8, trt-fp32, trt-fp16, trt-int8, "
         "ort-*-cuda, qdq-int8-exact (default: every built-in; ort-*-cuda where ONNX Runtime "
         "has CUDA).",
     ),
     batch_sizes: str = typer.Option("1,8,32", help="Comma list of batch sizes to time."),
-    warmup: int = typer.Option(5, min=0, help="Untimed calls per backend and batch size."),
-    iters: int = typer.Option(30, min=1, help="Least timed calls per backend and batch size."),
-    min_time: float = typer.Option(0.5, help="Least measured seconds per backend and batch size."),
+    warmup: int = typer.Option(
+        5, min=0, max=10_000, help="Untimed calls per backend and batch size."
+    ),
+    iters: int = typer.Option(
+        30, min=1, max=1_000_000, help="Least timed calls per backend and batch size."
+    ),
+    min_time: float = typer.Option(
+        0.5,
+        help="Least measured seconds per backend and batch size.",
+        callback=params.number("--min-time", 0.0, 86_400.0),
+    ),
     max_time: float = typer.Option(
-        10.0, help="Most measured seconds per backend and batch size (caps --iters)."
+        10.0,
+        help="Most measured seconds per backend and batch size (caps --iters).",
+        callback=params.positive("--max-time", 86_400.0),
     ),
     threads: int | None = typer.Option(
-        None, min=1, help="CPU threads for ONNX Runtime and PyTorch (default: theirs)."
+        None, min=1, max=1024, help="CPU threads for ONNX Runtime and PyTorch (default: theirs)."
     ),
-    torch_device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N for PyTorch."),
+    torch_device: str = typer.Option(
+        "auto", help="auto | cpu | cuda | cuda:N for PyTorch.", callback=params.device()
+    ),
     limit: int | None = typer.Option(None, min=1, help="Use only the first N images."),
-    fp32_max_abs_diff: float | None = typer.Option(None, help="Budget (default 1e-3)."),
-    fp16_min_agreement: float | None = typer.Option(None, help="Budget (default 0.999)."),
-    int8_min_agreement: float | None = typer.Option(None, help="Budget (default 0.99)."),
-    int8_max_accuracy_drop: float | None = typer.Option(None, help="Budget (default 0.01)."),
+    fp32_max_abs_diff: float | None = typer.Option(
+        None, help="Budget (default 1e-3).", callback=params.number("--fp32-max-abs-diff", 0.0)
+    ),
+    fp16_min_agreement: float | None = typer.Option(
+        None, help="Budget (default 0.999).", callback=params.number("--fp16-min-agreement", 0, 1)
+    ),
+    int8_min_agreement: float | None = typer.Option(
+        None, help="Budget (default 0.99).", callback=params.number("--int8-min-agreement", 0, 1)
+    ),
+    int8_max_accuracy_drop: float | None = typer.Option(
+        None,
+        help="Budget (default 0.01).",
+        callback=params.number("--int8-max-accuracy-drop", 0, 1),
+    ),
     fail_on_budget: bool = typer.Option(
         False, "--fail-on-budget", help="Exit 1 when any backend fails its parity budget."
     ),

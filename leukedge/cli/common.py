@@ -1,9 +1,9 @@
 """Shared parts of the command line: the Typer apps, consoles, error handling, tables.
 
 Each command is thin; the work lives in the library so the Python API does
-exactly what the CLI does. Errors leukedge anticipates (bad data, missing run
-files, unavailable backends) end with a one-paragraph message and exit code 2,
-not a traceback.
+exactly what the CLI does. Every error ends in one line saying what is wrong and
+what to do (:mod:`leukedge.cli.errors`): exit code 2 for a wrong command line, 1
+for a failure, never a traceback unless asked for with ``--debug``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from leukedge import __version__
+from leukedge.cli.errors import debug_enabled, describe
 
 app = typer.Typer(
     name="leukedge",
@@ -36,71 +38,55 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from leukedge.bench.backends import BenchError
-    from leukedge.bench.schema import ReportError
-    from leukedge.data.records import DatasetError
-    from leukedge.imaging.images import ImageReadError
-    from leukedge.io import OutputError
-    from leukedge.rundir import RunDirError
-    from leukedge.runtime.backends.base import BackendError
-    from leukedge.runtime.display import DisplayUnavailable
-    from leukedge.runtime.sources import SourceError
-    from leukedge.spec import SpecError
+def _click_base(cls: type[BaseException]) -> type[BaseException]:
+    """The ClickException class of the click that typer uses (vendored in typer >= 0.20)."""
+    return next((c for c in cls.__mro__ if c.__name__ == "ClickException"), cls)
 
-    known: list[type[BaseException]] = [
-        DatasetError,
-        RunDirError,
-        BackendError,
-        ImageReadError,
-        SpecError,
-        SourceError,
-        DisplayUnavailable,
-        FileExistsError,
-        FileNotFoundError,
-        OutputError,
-        BenchError,
-        ReportError,
-    ]
-    try:
-        from leukedge.train.models import PretrainedError
 
-        known.append(PretrainedError)
-    except ImportError:  # torch not installed: the runtime-only install
-        pass
-    return tuple(known)
+# Raised by typer/click for usage errors and clean exits: they report and exit themselves.
+_PASS_THROUGH: tuple[type[BaseException], ...] = (
+    typer.Exit,
+    typer.Abort,
+    _click_base(typer.BadParameter),
+    click.exceptions.ClickException,
+    click.exceptions.Exit,
+    click.exceptions.Abort,
+)
+
+
+class _State:
+    """Options of the whole command line (set by the app callback for each invocation)."""
+
+    debug = False
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn anticipated errors into a clear message: exit 2 for bad input, 1 for a full disk."""
+    """Turn every error into one line and an exit code (2 usage, 1 failure); --debug re-raises."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from leukedge.io import DiskFullError, is_disk_full
-
         try:
             return fn(*args, **kwargs)
+        except _PASS_THROUGH:
+            raise
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: everything finished so far is saved")
             raise typer.Exit(130) from None
-        except OSError as e:
-            if not is_disk_full(e):
-                if isinstance(e, _known_errors()):
-                    err_console.print(f"[bold red]error:[/] {escape(str(e))}")
-                    raise typer.Exit(2) from None
+        except Exception as e:
+            if debug_enabled(_State.debug):
                 raise
-            full = e if isinstance(e, DiskFullError) else DiskFullError(e.filename or "a file", e)
-            err_console.print(f"[bold red]error:[/] {escape(str(full))}", soft_wrap=True)
-            raise typer.Exit(1) from None
-        except _known_errors() as e:
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}")
-            raise typer.Exit(2) from None
+            code, message = describe(e)
+            err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+            raise typer.Exit(code) from None
 
     return wrapper
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """JSON on stdout that every strict reader accepts (non-finite numbers are null)."""
+    from leukedge.io import json_safe
+
+    sys.stdout.write(json.dumps(json_safe(obj, fallback=str), indent=2, allow_nan=False) + "\n")
 
 
 def fmt(v: Any, digits: int = 4) -> str:
@@ -149,7 +135,11 @@ def confusion_table(metrics: dict[str, Any]) -> Table:
 @app.callback(invoke_without_command=True)
 def _main(
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the Python traceback of an error (or LEUKEDGE_DEBUG=1)."
+    ),
 ) -> None:
+    _State.debug = debug
     if version:
         console.print(f"leukedge {__version__}")
         raise typer.Exit()

@@ -8,12 +8,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from leukedge.cli import params
 from leukedge.cli.common import (
     console,
     data_app,
     friendly_errors,
     print_json,
 )
+
+LAYOUTS = ("auto", "cnmc", "allidb2", "folders", "synthetic")
 
 
 @data_app.command("check")
@@ -22,9 +25,16 @@ def data_check(
     path: Path = typer.Argument(
         ..., help="Dataset folder (C-NMC, ALL-IDB2, class folders, synthetic)."
     ),
-    layout: str = typer.Option("auto", help="auto | cnmc | allidb2 | folders | synthetic"),
+    layout: str = typer.Option(
+        "auto",
+        help="auto | cnmc | allidb2 | folders | synthetic",
+        callback=params.one_of("--layout", LAYOUTS),
+    ),
     subjects: Path | None = typer.Option(
-        None, help="CSV with columns file,subject (class folders)."
+        None,
+        help="CSV with columns file,subject (class folders).",
+        exists=True,
+        dir_okay=False,
     ),
     decode: bool = typer.Option(True, help="Decode every image to find corrupt files."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -79,10 +89,16 @@ def data_synth(
     out: Path = typer.Argument(
         ..., help="Output folder (created; a previous synth output is replaced)."
     ),
-    n: int = typer.Option(2000, "--n", help="Number of single-cell crops."),
-    frames: int = typer.Option(20, help="Number of full smear frames with ground-truth boxes."),
-    seed: int = typer.Option(0, help="Random seed: the same seed gives identical files."),
-    cell_size: int = typer.Option(128, help="Side of the single-cell crops in pixels."),
+    n: int = typer.Option(2000, "--n", min=2, max=1_000_000, help="Number of single-cell crops."),
+    frames: int = typer.Option(
+        20, min=0, max=100_000, help="Number of full smear frames with ground-truth boxes."
+    ),
+    seed: int = typer.Option(
+        0, min=0, max=2**32 - 1, help="Random seed: the same seed gives identical files."
+    ),
+    cell_size: int = typer.Option(
+        128, min=16, max=1024, help="Side of the single-cell crops in pixels."
+    ),
 ) -> None:
     """Synthetic blood-smear data (cells as class folders with subjects, frames with boxes).
 

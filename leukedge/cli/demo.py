@@ -16,10 +16,12 @@ def demo(
         Path("demo-out"),
         help="Folder for everything the demo writes: new, empty, or an earlier demo's.",
     ),
-    n: int = typer.Option(1200, "--n", help="Synthetic cells to generate."),
-    frames: int = typer.Option(8, help="Synthetic smear frames for the pipeline."),
-    epochs: int = typer.Option(4, help="Training epochs for the demo CNN."),
-    seed: int = typer.Option(0, help="Seed for data and training."),
+    n: int = typer.Option(1200, "--n", min=100, max=1_000_000, help="Synthetic cells to generate."),
+    frames: int = typer.Option(
+        8, min=1, max=10_000, help="Synthetic smear frames for the pipeline."
+    ),
+    epochs: int = typer.Option(4, min=1, max=10_000, help="Training epochs for the demo CNN."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for data and training."),
 ) -> None:
     """The whole path on built-in synthetic data, in a few minutes on a laptop CPU.
 

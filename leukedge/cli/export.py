@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from leukedge.cli import params
 from leukedge.cli.common import (
     app,
     console,
@@ -17,6 +18,17 @@ from leukedge.cli.common import (
     friendly_errors,
     print_json,
 )
+from leukedge.validate import MAX_BATCH
+
+
+def _check_opset(value: int) -> int:
+    """17 up to the newest opset the onnx package knows (torch's exporter may stop earlier)."""
+    import onnx.defs
+
+    newest = int(onnx.defs.onnx_opset_version())
+    if not 17 <= value <= newest:
+        raise typer.BadParameter(f"--opset must be in [17, {newest}], got {value}")
+    return value
 
 
 def _split_list(text: str | None) -> list[str] | None:
@@ -26,15 +38,27 @@ def _split_list(text: str | None) -> list[str] | None:
 @app.command()
 @friendly_errors
 def export(
-    run: Path = typer.Argument(..., help="Run dir made by `leukedge train`."),
-    precision: str = typer.Option("fp32,fp16,int8", help="Comma list of fp32, fp16, int8."),
+    run: Path = typer.Argument(
+        ..., exists=True, file_okay=False, help="Run dir made by `leukedge train`."
+    ),
+    precision: str = typer.Option(
+        "fp32,fp16,int8", help="Comma list of fp32, fp16, int8.", callback=params.precisions()
+    ),
     calib_method: str = typer.Option(
-        "minmax", help="INT8 calibration: minmax | entropy | percentile"
+        "minmax",
+        help="INT8 calibration: minmax | entropy | percentile",
+        callback=params.one_of("--calib-method", ("minmax", "entropy", "percentile")),
     ),
     calib_size: int | None = typer.Option(
-        None, help="Calibrate on N val images (stratified by class and subject); default all."
+        None,
+        min=1,
+        help="Calibrate on N val images (stratified by class and subject); default all.",
     ),
-    opset: int = typer.Option(18, help="ONNX opset (>= 18: the exporter's lowest)."),
+    opset: int = typer.Option(
+        18,
+        help="ONNX opset (>= 18: the exporter's lowest; at most what it supports).",
+        callback=_check_opset,
+    ),
     data: Path | None = typer.Option(None, help="The run's data, if it moved since training."),
     allow_incompatible: bool = typer.Option(
         False,
@@ -52,19 +76,15 @@ def export(
     Example: leukedge export runs/r50 --precision fp16,int8 --calib-method entropy
     """
     from leukedge.export import export_run
-    from leukedge.export.onnx_export import ExportError
-    from leukedge.export.pipeline import TensorRTIncompatibleError
     from leukedge.progress import RichReporter
+    from leukedge.rundir import RunDir
+
+    RunDir(run).require("spec.json", "checkpoint.pt")  # before torch is imported
 
     args = (run, precision, calib_method, calib_size, opset, data)
     if as_json:
-        try:
-            print_json(export_run(*args, allow_incompatible=allow_incompatible))
-        except TensorRTIncompatibleError as e:
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}")
-            raise typer.Exit(1) from None
+        print_json(export_run(*args, allow_incompatible=allow_incompatible))
         return
-    record, failure, code = None, "", 0
     with RichReporter(console) as rep:
         tasks: dict[str, Any] = {}
 
@@ -73,15 +93,7 @@ def export(
                 tasks[stage] = rep.task(stage, total)
             rep.progress.update(tasks[stage], completed=done, total=total)
 
-        try:
-            record = export_run(*args, progress, allow_incompatible=allow_incompatible)
-        except TensorRTIncompatibleError as e:  # the files are written, TensorRT refuses one
-            failure, code = str(e), 1
-        except ExportError as e:
-            failure, code = str(e), 2
-    if record is None:
-        err_console.print(f"[bold red]error:[/] {escape(failure)}")
-        raise typer.Exit(code)
+        record = export_run(*args, progress, allow_incompatible=allow_incompatible)
     console.print(export_table(record))
     for w in record["warnings"]:
         console.print(f"[yellow]note:[/] {escape(w)}")
@@ -133,24 +145,40 @@ def _fmt_sci(v: Any) -> str:
 @app.command("build-engine")
 @friendly_errors
 def build_engine(
-    target: Path = typer.Argument(..., help="Run dir (uses its export/) or one MODEL.onnx."),
+    target: Path = typer.Argument(
+        ..., exists=True, help="Run dir (uses its export/) or one MODEL.onnx."
+    ),
     precision: str | None = typer.Option(
-        None, help="Comma list of fp16, int8, fp32 (default: every exported one)."
+        None,
+        help="Comma list of fp16, int8, fp32 (default: every exported one).",
+        callback=params.precisions(),
     ),
     max_batch: int | None = typer.Option(
-        None, help="Largest batch of the optimization profile (default 32; min 1)."
+        None,
+        min=1,
+        max=MAX_BATCH,
+        help="Largest batch of the optimization profile (default 32; min 1).",
     ),
     opt_batch: int | None = typer.Option(
-        None, help="Batch size TensorRT tunes for (default min(8, --max-batch))."
+        None,
+        min=1,
+        max=MAX_BATCH,
+        help="Batch size TensorRT tunes for (default min(8, --max-batch)).",
     ),
     batch: int | None = typer.Option(
         None,
+        min=1,
+        max=MAX_BATCH,
         help="A static engine for exactly this batch (min = opt = max); DLA needs one "
         "(default 1 with --dla-core).",
     ),
-    workspace_mb: int | None = typer.Option(None, help="Builder workspace limit in MiB."),
+    workspace_mb: int | None = typer.Option(
+        None, min=1, max=1 << 20, help="Builder workspace limit in MiB."
+    ),
     dla_core: int | None = typer.Option(
         None,
+        min=0,
+        max=15,
         help="Build for this DLA core (Jetson AGX/NX Orin, Xavier): FP16/INT8 only, static "
         "shape, GPU fallback for what DLA cannot run.",
     ),
@@ -158,7 +186,10 @@ def build_engine(
         False, "--tf32", help="Allow TF32 in fp32 layers (off: an fp32 engine computes in fp32)."
     ),
     builder_optimization_level: int | None = typer.Option(
-        None, help="0..5, TensorRT's default 3: higher builds longer for faster engines."
+        None,
+        min=0,
+        max=5,
+        help="0..5, TensorRT's default 3: higher builds longer for faster engines.",
     ),
     out: Path | None = typer.Option(None, help="Engines root (default: RUN/engines)."),
     force: bool = typer.Option(
@@ -176,7 +207,7 @@ def build_engine(
         True, "--parity/--no-parity", help="Run each new engine on the validation images."
     ),
     parity_images: int | None = typer.Option(
-        None, help="Measure parity on N validation images (stratified); default all."
+        None, min=1, help="Measure parity on N validation images (stratified); default all."
     ),
     data: Path | None = typer.Option(None, help="The run's data, if it moved since training."),
     verbose: bool = typer.Option(
@@ -214,7 +245,7 @@ def build_engine(
             parity_images=parity_images,
             data=data,
         )
-    except (EngineBuildError, ValueError) as e:
+    except EngineBuildError as e:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
     console.print(_engines_table(outcomes))

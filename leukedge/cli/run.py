@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from leukedge.cli import params
 from leukedge.cli.common import (
     app,
     console,
@@ -17,6 +18,7 @@ from leukedge.cli.common import (
     friendly_errors,
     print_json,
 )
+from leukedge.validate import MAX_BATCH
 
 
 def _run_table(summary: dict[str, Any]) -> Table:
@@ -55,7 +57,9 @@ def _latency_table(summary: dict[str, Any]) -> Table:
 @friendly_errors
 def run_command(
     model: Path = typer.Argument(
-        ..., help="Run dir (its export/model.*.onnx and engines/), an .onnx or an .engine."
+        ...,
+        exists=True,
+        help="Run dir (its export/model.*.onnx and engines/), an .onnx or an .engine.",
     ),
     source: str = typer.Option(
         ...,
@@ -66,11 +70,12 @@ def run_command(
     ),
     backend: str = typer.Option(
         "auto",
+        callback=params.backend(),
         help="auto (time every backend that runs here, keep the fastest within its parity "
         "budget) | ort | trt (any precision of one runtime) | one backend, named as "
         "`leukedge bench` names them: ort-fp32, ort-int8, ort-fp16-cuda, trt-fp16, trt-int8...",
     ),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N", callback=params.device()),
     out: Path | None = typer.Option(
         None,
         "--out",
@@ -81,12 +86,20 @@ def run_command(
         False, "--show", help="Live window with boxes, labels and counts (q or Esc quits)."
     ),
     cell_diameter_px: float | None = typer.Option(
-        None, "--cell-diameter-px", help="White-cell diameter in frame pixels (default: measured)."
+        None,
+        "--cell-diameter-px",
+        help="White-cell diameter in frame pixels (default: measured).",
+        callback=params.cell_diameter(),
     ),
     um_per_px: float | None = typer.Option(
-        None, "--um-per-px", help="Microns per pixel of the camera (instead of --cell-diameter-px)."
+        None,
+        "--um-per-px",
+        help="Microns per pixel of the camera (instead of --cell-diameter-px).",
+        callback=params.um_per_px(),
     ),
-    batch: int = typer.Option(8, "--batch", min=1, help="Most cells classified in one batch."),
+    batch: int = typer.Option(
+        8, "--batch", min=1, max=MAX_BATCH, help="Most cells classified in one batch."
+    ),
     max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Stop after N frames."),
     annotate: bool = typer.Option(
         True, "--annotate/--no-annotate", help="Write annotated PNGs / annotated.mp4."
@@ -153,6 +166,8 @@ def run_command(
             console.print(f"[yellow]skipped[/] {escape(skip['name'])}: {escape(skip['reason'])}")
         if summary["frames"]["skipped"] > 10:
             console.print(f"... {summary['frames']['skipped'] - 10} more in summary.json")
+        for warning in summary["source"].get("warnings", []):
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
         if summary["message"]:
             console.print(f"[yellow]{summary['status']}:[/] {escape(summary['message'])}")
         console.print(

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from leukedge.cli import params
 from leukedge.cli.common import (
     app,
     confusion_table,
@@ -17,11 +18,47 @@ from leukedge.cli.common import (
     metrics_table,
     print_json,
 )
+from leukedge.validate import MAX_BATCH
+
+EVAL_SPLITS = ("train", "val", "test", "all")
+
+
+# Train options -> TrainConfig fields, for telling what the user set from the defaults.
+_CONFIG_FIELDS = {
+    "data": "data",
+    "model": "model",
+    "arch": "model",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "img_size": "img_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "optimizer": "optimizer",
+    "patience": "patience",
+    "device": "device",
+    "pretrained": "pretrained",
+    "split": "split",
+    "seed": "seed",
+    "workers": "workers",
+    "crop_style": "crop_style",
+    "layout": "layout",
+}
+
+
+def _explicit(ctx: typer.Context) -> set[str]:
+    """The TrainConfig fields the user gave on the command line (or through the environment)."""
+    given = set()
+    for param, name in _CONFIG_FIELDS.items():
+        source = ctx.get_parameter_source(param)  # an enum of click's or of typer's own click
+        if getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT"):
+            given.add(name)
+    return given
 
 
 @app.command()
 @friendly_errors
 def train(
+    ctx: typer.Context,
     data: Path = typer.Option(
         ..., "--data", help="Dataset folder (see `leukedge data check --help`)."
     ),
@@ -61,9 +98,10 @@ def train(
     Example: leukedge train --model resnet50 --data ~/data/C-NMC_Leukemia --out runs/r50
     Multi-GPU: torchrun --nproc-per-node 4 -m leukedge train ... (same arguments).
     """
+    from leukedge.data.layouts import detect_layout
     from leukedge.progress import RichReporter
+    from leukedge.rundir import RunDir
     from leukedge.train.config import TrainConfig
-    from leukedge.train.loop import train as run_training
 
     cfg = TrainConfig(
         model=arch or model,
@@ -84,12 +122,14 @@ def train(
         crop_style=crop_style,
         layout=layout,
     )
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+    cfg.validate()  # every value, --data and --out checked before torch is imported
+    if cfg.layout == "auto":
+        detect_layout(cfg.data)
+    RunDir(out).check_target(resume)
+    from leukedge.train.loop import train as run_training
+
     with RichReporter(console) as rep:
-        result = run_training(cfg, resume=resume, reporter=rep)
+        result = run_training(cfg, resume=resume, reporter=rep, explicit=_explicit(ctx))
     if not result:  # a non-zero rank under torchrun
         return
     if result.get("test"):
@@ -106,12 +146,16 @@ def train(
 @app.command()
 @friendly_errors
 def evaluate(
-    run: Path = typer.Argument(..., help="Run dir made by `leukedge train`."),
+    run: Path = typer.Argument(
+        ..., exists=True, file_okay=False, help="Run dir made by `leukedge train`."
+    ),
     data: Path | None = typer.Option(None, help="Another copy of the data, or another dataset."),
-    split: str = typer.Option("test", help="train | val | test | all"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    batch_size: int = typer.Option(64, help="Images per forward pass."),
-    workers: int = typer.Option(2, help="DataLoader worker processes."),
+    split: str = typer.Option(
+        "test", help="train | val | test | all", callback=params.one_of("--split", EVAL_SPLITS)
+    ),
+    device: str = typer.Option("auto", help="auto | cpu | cuda", callback=params.device()),
+    batch_size: int = typer.Option(64, min=1, max=MAX_BATCH, help="Images per forward pass."),
+    workers: int = typer.Option(2, min=0, max=256, help="DataLoader worker processes."),
     out: Path | None = typer.Option(
         None, help="JSON output (default: RUN/eval_<layout>_<split>.json)."
     ),
@@ -122,6 +166,9 @@ def evaluate(
     Example: leukedge evaluate runs/r50 --split test
     """
     from leukedge.progress import Reporter, RichReporter
+    from leukedge.rundir import RunDir
+
+    RunDir(run).require("spec.json", "checkpoint.pt")  # before torch is imported
     from leukedge.train.evaluate_run import evaluate_run
 
     if as_json:
