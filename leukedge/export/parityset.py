@@ -221,7 +221,7 @@ def _write(
         warnings += notes
         sha = save_parity_set(path, ps)
         ps.path, ps.sha256 = path, sha
-    except (RunDirError, DatasetError, OSError) as e:
+    except (RunDirError, DatasetError, ParitySetError, OSError) as e:
         earlier = _earlier_set(export_dir, checkpoint)
         if earlier is None:
             path.unlink(missing_ok=True)
