@@ -22,6 +22,7 @@ import numpy as np
 from leukedge.artifacts import read_export_record
 from leukedge.data.records import DatasetError, Record
 from leukedge.imaging.images import ImageReadError, read_image
+from leukedge.io import is_disk_full
 from leukedge.machine import package_version
 from leukedge.rundir import RunDir, RunDirError
 from leukedge.runtime.parityset import (
@@ -222,6 +223,8 @@ def _write(
         sha = save_parity_set(path, ps)
         ps.path, ps.sha256 = path, sha
     except (RunDirError, DatasetError, ParitySetError, OSError) as e:
+        if is_disk_full(e):  # as for the ONNX files: a full disk stops the export
+            raise
         earlier = _earlier_set(export_dir, checkpoint)
         if earlier is None:
             path.unlink(missing_ok=True)
