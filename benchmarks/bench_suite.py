@@ -51,7 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", nargs="+", type=Path, default=DEFAULT_RUNS, help="run dirs")
     p.add_argument("--data", type=Path, default=None, help="the runs' data folder if it moved")
-    p.add_argument("--split", default="test", help="train | val | test | all (default: test)")
+    p.add_argument(
+        "--split",
+        default="test",
+        help="train | val | test | all | parity (the export's parity set against PyTorch's "
+        "logits recorded at export) | auto (default: test)",
+    )
     p.add_argument("--backends", default=None, help="comma list (default: every built-in)")
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--warmup", type=int, default=5)

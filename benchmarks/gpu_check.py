@@ -10,8 +10,8 @@ so what is checked is what ships; nothing here trains, exports or quantizes on i
   per model (cnn, resnet50, vit-hybrid):
     train          `leukedge train --device cuda` (AMP on CUDA), a few epochs
     export         `leukedge export` fp32, fp16, int8 (calibrated on the val split)
-    build_engine   `leukedge build-engine` fp16, int8, fp32 (parity vs ONNX Runtime
-                   in each sidecar, timing caches, build logs)
+    build_engine   `leukedge build-engine` fp16, int8, fp32 (parity on the export's parity
+                   set vs PyTorch's recorded logits in each sidecar, timing caches, build logs)
     bench          `leukedge bench --backends torch,ort-*-cuda,trt-* --torch-device cuda`
     trt_backend    TrtBackend at batch 1, plain and replaying a CUDA graph; an engine
                    whose sidecar names another GPU must be refused
@@ -265,6 +265,7 @@ def engine_summaries(run: Path) -> dict[str, Any]:
                 "max_abs_diff": parity.get("max_abs_diff"),
                 "budget": verdict,
             },
+            "parity_reference": parity.get("reference"),
             "parity_note": None if parity.get("measured") else parity.get("reason"),
             "warnings": data.get("warnings") or [],
         }

@@ -189,3 +189,9 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> MakeRun:
 def trained_run(make_run: MakeRun, synth_data: Path) -> Path:
     """A CNN trained briefly on the synthetic cells at 48 px: a real run dir for later steps."""
     return make_run(synth_data, model="cnn", img_size=48, epochs=6)
+
+
+@pytest.fixture(scope="session")
+def exported_run(make_run: MakeRun, synth_data: Path) -> Path:
+    """``trained_run`` exported to FP32/FP16/INT8 ONNX with its parity set (bench, parity set)."""
+    return make_run(synth_data, model="cnn", img_size=48, epochs=6, export=("fp32", "fp16", "int8"))

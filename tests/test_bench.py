@@ -52,17 +52,6 @@ FAST = {"warmup": 1, "iters": 3, "min_time_s": 0.0, "max_time_s": 1.0}
 
 
 @pytest.fixture(scope="module")
-def exported_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the trained CNN run with its FP32/FP16/INT8 ONNX export."""
-    from leukedge.export import export_run
-
-    run = tmp_path_factory.mktemp("bench") / "cnn"
-    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("export", "engines", "bench"))
-    export_run(run)
-    return run
-
-
-@pytest.fixture(scope="module")
 def report(exported_run: Path) -> dict[str, Any]:
     """The default backends (torch, ort-*, trt-*) at batch sizes 1 and 4."""
     return run_bench(exported_run, batch_sizes=(1, 4), **FAST)
@@ -442,14 +431,14 @@ def test_without_torch_the_reference_is_ort_fp32(exported_run: Path, tmp_path: P
         import sys
         sys.modules["torch"] = None  # any import of torch now raises ImportError
         from leukedge.bench import run_bench
-        r = run_bench({str(exported_run)!r}, backends="torch,ort-fp32,ort-int8",
+        r = run_bench({str(exported_run)!r}, split="test", backends="torch,ort-fp32,ort-int8",
                       batch_sizes=(1,), limit=8, out={str(tmp_path / "b")!r},
                       warmup=0, iters=2, min_time_s=0.0, max_time_s=0.2)
         assert r["reference"]["backend"] == "ort-fp32", r["reference"]
         assert "PyTorch" in r["reference"]["reason"]
         assert [s["name"] for s in r["skipped"]] == ["torch"]
         assert r["backends"]["ort-fp32"]["is_reference"]
-        assert any("not PyTorch" in n for n in r["notes"])
+        assert any("not PyTorch" in n and "--split parity" in n for n in r["notes"])
         assert r["runtimes"]["torch"] is None
         print("OK")
         """

@@ -833,6 +833,73 @@ def test_parity_without_data_is_reported_not_fatal(fake: FakeTensorRT, run_dir: 
     assert off.result.sidecar.parity == {"measured": False, "reason": "--no-parity"}
 
 
+def add_parity_set(run: Path, spec: ModelSpec = SPEC, n: int = 12) -> Path:
+    """A parity set whose "recorded PyTorch" logits are the fp32 ONNX file's, in export.json."""
+    from leukedge.artifacts import write_export_record
+    from leukedge.export.parity import onnx_logits
+    from leukedge.runtime.parityset import ParitySet, input_digests, pack_crops, save_parity_set
+
+    rng = np.random.default_rng(1)
+    crops = [rng.integers(0, 255, (SIZE + 8, SIZE + 4, 3), dtype=np.uint8) for _ in range(n)]
+    packed, sizes = pack_crops(crops)
+    ps = ParitySet(
+        crops=packed,
+        sizes=sizes,
+        labels=np.arange(n, dtype=np.int64) % 2,
+        subjects=[None] * n,
+        names=[f"c{i}.png" for i in range(n)],
+        splits=["val"] * n,
+        logits=np.zeros((n, 2), np.float32),
+        digests=np.zeros((n, 16), np.uint8),
+        meta={
+            "classes": spec.classes,
+            "input_size": SIZE,
+            "side": SIZE + 4,
+            "versions": {"torch": "2.9"},
+        },
+    )
+    x = ps.inputs(spec)
+    ps.logits, ps.digests = (
+        onnx_logits(run / "export" / "model.fp32.onnx", x, spec),
+        input_digests(x),
+    )
+    path = run / "export" / "parity_set.npz"
+    sha = save_parity_set(path, ps)
+    write_export_record(run / "export", {"parity_set": {"file": path.name, "sha256": sha}})
+    return path
+
+
+def test_engines_are_measured_on_the_parity_set_without_data(
+    fake: FakeTensorRT, run_dir: Path
+) -> None:
+    """A Jetson with spec.json and export/ only: parity against the recorded PyTorch logits."""
+    add_parity_set(run_dir)
+    assert not (run_dir / "split.json").exists()
+    for o in tx.build_engines(run_dir, ["fp32", "fp16"], log=_quiet):
+        parity = o.result.sidecar.parity
+        assert parity["measured"] and parity["verdict"]["status"] == "pass", parity
+        assert parity["reference"] == "torch fp32 recorded at export (torch 2.9): parity_set.npz"
+        assert parity["images"] == f"12 parity-set crops (val+test) of {run_dir / 'export'}"
+        assert parity["n"] == 12
+    fake.output_transform = lambda logits: logits[:, ::-1]
+    (fp16,) = tx.build_engines(run_dir, ["fp16"], force=True, parity_images=6, log=_quiet)
+    parity = fp16.result.sidecar.parity
+    assert parity["n"] == 6 and parity["verdict"]["status"] == "fail"
+
+
+def test_a_changed_parity_set_is_not_measured_against(fake: FakeTensorRT, run_dir: Path) -> None:
+    path = add_parity_set(run_dir)
+    data = bytearray(path.read_bytes())
+    data[-30] ^= 0xFF  # the file no longer has the sha256 export.json recorded
+    path.write_bytes(bytes(data))
+    messages: list[str] = []
+    (fp32,) = tx.build_engines(run_dir, ["fp32"], log=messages.append)
+    parity = fp32.result.sidecar.parity
+    assert fp32.status == "built" and not parity["measured"]
+    assert "changed or replaced after export" in parity["reason"]
+    assert any("parity not measured" in m for m in messages)
+
+
 def test_build_engine_right_after_train_exports_first(
     fake: FakeTensorRT, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,7 +2,10 @@
 # Bench leukedge runs on an NVIDIA Jetson (JetPack 6.x): ONNX Runtime FP32 and TensorRT
 # FP32/FP16/INT8 engines built here, results in benchmarks/results/<machine_slug>/.
 #
-#   benchmarks/jetson/bench_jetson.sh --data ~/data/all-idb2 runs/allidb2-cnn runs/allidb2-resnet50
+#   benchmarks/jetson/bench_jetson.sh runs/allidb2-cnn runs/allidb2-resnet50
+#
+# Each run dir needs only spec.json and export/ (copied from the training machine): parity is
+# measured on export/parity_set.npz against the PyTorch logits recorded there at export.
 #
 # Environment:
 #   VENV=path            virtual environment to create/use (default: .venv-jetson in the repo)
@@ -20,16 +23,14 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VENV:-$REPO/.venv-jetson}"
 BACKENDS="${BACKENDS:-ort-fp32,trt-fp32,trt-fp16,trt-int8}"
 PRECISIONS="${PRECISIONS:-fp16,int8,fp32}"
-DATA_ARGS=()
 RUNS=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --data) DATA_ARGS=(--data "$2"); shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) RUNS+=("$1"); shift ;;
   esac
 done
-[ ${#RUNS[@]} -gt 0 ] || { echo "usage: $0 [--data DATA] RUN_DIR [RUN_DIR...]" >&2; exit 2; }
+[ ${#RUNS[@]} -gt 0 ] || { echo "usage: $0 RUN_DIR [RUN_DIR...]" >&2; exit 2; }
 
 say() { printf '\n== %s\n' "$*"; }
 die() { echo "error: $*" >&2; exit 1; }
@@ -48,6 +49,11 @@ line = next((l for l in info.splitlines() if "GStreamer" in l), "GStreamer: ?")
 print("OpenCV", cv2.__version__, "from", cv2.__file__, "|", line.strip())
 assert "YES" in line
 PY
+for run in "${RUNS[@]}"; do
+  [ -f "$run/spec.json" ] || die "$run/spec.json missing: copy spec.json and export/ of the run"
+  [ -f "$run/export/parity_set.npz" ] || die "$run/export/parity_set.npz missing: run \
+\`leukedge export $run\` on the training machine (with its data) and copy export/ again"
+done
 
 say "virtual environment $VENV (sees the system TensorRT and OpenCV)"
 if [ ! -x "$VENV/bin/python" ]; then
@@ -118,18 +124,21 @@ say "power mode (recorded in $OUT/power_mode.txt)"
 
 # build-engine reports every precision and exits 1 when one failed: bench what was built.
 for run in "${RUNS[@]}"; do
-  say "TensorRT engines for $run ($PRECISIONS; parity on the validation images)"
-  "$VENV/bin/leukedge" build-engine "$run" --precision "$PRECISIONS" "${DATA_ARGS[@]}" \
+  say "TensorRT engines for $run ($PRECISIONS; parity on the parity set vs recorded PyTorch)"
+  "$VENV/bin/leukedge" build-engine "$run" --precision "$PRECISIONS" \
     || echo "note: not every engine of $run was built (see above); benching the others"
   if [ -n "${DLA_CORE:-}" ]; then
     say "DLA core $DLA_CORE engines for $run (fp16,int8, static batch 1)"
     "$VENV/bin/leukedge" build-engine "$run" --precision fp16,int8 --dla-core "$DLA_CORE" \
-      "${DATA_ARGS[@]}" || echo "note: a DLA engine of $run was not built (see above)"
+      || echo "note: a DLA engine of $run was not built (see above)"
   fi
+  say "check $run: every backend here against PyTorch's recorded logits"
+  "$VENV/bin/leukedge" check "$run" \
+    || echo "note: a backend of $run is outside its parity budget (see above)"
 done
 
-say "bench (no PyTorch here: the reference is ort-fp32)"
+say "bench (no PyTorch here: the reference is PyTorch's logits recorded at export)"
 # shellcheck disable=SC2086
-"$PY" "$REPO/benchmarks/bench_suite.py" --runs "${RUNS[@]}" "${DATA_ARGS[@]}" \
+"$PY" "$REPO/benchmarks/bench_suite.py" --runs "${RUNS[@]}" --split parity \
   --backends "$BACKENDS" --no-export --out "$OUT" ${BENCH_ARGS:-}
 echo "results: $OUT"

@@ -187,12 +187,14 @@ def to_markdown(report: dict[str, Any], max_disagreements: int = 50) -> str:
         f"FP32 agreement ≥ {budgets['fp32_min_agreement']:g} and max |Δlogit| ≤ "
         f"{budgets['fp32_max_abs_diff']:g}; FP16 agreement ≥ {budgets['fp16_min_agreement']:g}; "
         f"INT8 agreement ≥ {budgets['int8_min_agreement']:g} and accuracy drop ≤ "
-        f"{budgets['int8_max_accuracy_drop']:g}. Speed-up: reference p50 / backend p50 at the "
+        f"{budgets['int8_max_accuracy_drop']:g}. Speed-up: "
+        f"{ref.get('speed_baseline') or ref['backend']} p50 / backend p50 at the "
         "smallest batch, and throughput ratio at the largest, measured interleaved in this run.",
         "",
     ]
     if report["notes"]:
         lines += ["## Notes", "", *[f"- {_cell(n)}" for n in report["notes"]], ""]
+    lines += _parity_set_lines(report.get("parity_set"))
     lines += ["## Accuracy and parity", "", *_table(_metric_rows(report)), ""]
     lines += [
         "## Latency (host wall time, ms per batch)",
@@ -216,6 +218,41 @@ def to_markdown(report: dict[str, Any], max_disagreements: int = 50) -> str:
     skipped = grouped_skips(report)
     lines += _table(skipped) if skipped else ["None."]
     return "\n".join(lines) + "\n"
+
+
+def _parity_set_lines(info: dict[str, Any] | None) -> list[str]:
+    """The parity set recorded at export: what it is, and whether PyTorch still reproduces it."""
+    if not info:
+        return []
+    rec = info["recorded"]
+    versions = ", ".join(f"{k} {v}" for k, v in (rec.get("versions") or {}).items() if v)
+    repro = info.get("torch_reproduces")
+    if repro is None:
+        again = "PyTorch is not run here: the recorded logits are taken as they are."
+    else:
+        status = repro["verdict"]["status"]
+        again = (
+            f"Today's PyTorch on the same crops: max |Δlogit| {_num(repro['max_abs_diff'], '.2e')}, "
+            f"agreement {_num(repro['agreement'])} ({'reproduces' if status == 'pass' else 'does NOT reproduce'})."
+        )
+    changes = info.get("version_changes") or {}
+    changed = "; ".join(f"{p}: {old} → {new}" for p, (old, new) in changes.items())
+    mismatched = info.get("preprocess_mismatches")
+    return [
+        "## Parity set",
+        "",
+        f"`{_cell(info['file'])}` (sha256 `{(info.get('sha256') or '')[:16]}…`, "
+        f"{info['images']} crops of {', '.join(f'{n} {s}' for s, n in info['split_counts'].items())}, "
+        f"short side ≤ {info.get('side')} px), used as the {info['role']}. PyTorch logits recorded "
+        f"{rec.get('created')} on {rec.get('device')} with {versions}.",
+        "",
+        again + (f" Versions changed since: {changed}." if changed else ""),
+        ""
+        if mismatched is None
+        else f"Preprocessing here reproduces the export machine's tensors on "
+        f"{info['images_used'] - mismatched} of {info['images_used']} crops.",
+        "",
+    ]
 
 
 def grouped_skips(report: dict[str, Any]) -> list[dict[str, str]]:

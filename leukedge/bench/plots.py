@@ -135,7 +135,8 @@ def parity_png(report: dict[str, Any]) -> bytes:
         _plain_ticks(ax)
     ax.margins(x=0.2, y=0.15)
     largest = max(report["settings"]["batch_sizes"])
-    ax.set_xlabel(f"speed-up over {report['reference']['backend']} (throughput at batch {largest})")
+    baseline = report["reference"].get("speed_baseline") or report["reference"]["backend"]
+    ax.set_xlabel(f"speed-up over {baseline} (throughput at batch {largest})")
     ax.set_ylabel("Δ accuracy (points)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")

@@ -1,9 +1,10 @@
 """``run_bench``: parity and latency of every backend of a run dir, written as a report.
 
 The steps, in order: read and preprocess the split once (the runtime's own
-``preprocess``); open the reference (PyTorch fp32, or ONNX Runtime fp32 where
-PyTorch is absent) and every backend asked for, recording why any cannot run;
-take logits of every image from each and compare them with the reference's;
+``preprocess``), or the crops of the export's parity set; open the reference
+(PyTorch fp32; on the parity set, PyTorch's logits recorded at export; ONNX
+Runtime fp32 where neither is at hand) and every backend asked for, recording
+why any cannot run; take logits of every image from each and compare them with the reference's;
 time all of them interleaved at each batch size; time decoding and
 preprocessing per image; write report.json, report.md and the plots.
 """
@@ -34,6 +35,17 @@ from leukedge.bench.backends import (
 )
 from leukedge.bench.latency import StopRule, measure_batch, preprocess_cost, speedup
 from leukedge.bench.parity import backend_parity, metrics_of
+from leukedge.bench.recorded import (
+    AUTO_SPLIT,
+    PARITY_SPLIT,
+    REFERENCE_NAME,
+    choose_split,
+    crop_preprocess_cost,
+    drift_notes,
+    parity_set_info,
+    set_images,
+    try_load,
+)
 from leukedge.bench.report import write_report
 from leukedge.bench.schema import FILES, REPORT_FORMAT, REPORT_VERSION, finite_or_none
 from leukedge.budgets import Budgets, judge
@@ -42,19 +54,20 @@ from leukedge.machine import describe_machine
 from leukedge.progress import Reporter
 from leukedge.rundir import RunDir
 from leukedge.runtime.backends.base import Backend, BackendError, infer_in_batches
+from leukedge.runtime.parityset import ParitySet, ParitySetError, load_parity_set
 from leukedge.spec import ModelSpec
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_WARMUP = 5
 DEFAULT_ITERS = 30
 PARITY_BATCH = 32
-SPLITS = ("train", "val", "test", "all")
+SPLITS = ("train", "val", "test", "all", PARITY_SPLIT)
 FALLBACK_REFERENCE = "ort-fp32"
 
 
 def run_bench(
     run_dir: str | Path,
-    split: str = "test",
+    split: str = AUTO_SPLIT,
     data: str | Path | None = None,
     backends: str | Sequence[str] | None = None,
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
@@ -74,7 +87,9 @@ def run_bench(
     ``iters`` is the minimum number of timed calls per backend and batch size
     (with ``min_time_s``, capped by ``max_time_s``); ``budgets`` overrides the
     default parity budgets by field name; ``limit`` keeps the first N images.
-    Written to ``out`` (default ``RUN/bench``).
+    ``split`` ``parity`` measures on the export's parity set against PyTorch's recorded
+    logits; ``auto`` does so where PyTorch, the checkpoint or the data is missing, and
+    takes the test split otherwise. Written to ``out`` (default ``RUN/bench``).
     """
     rep = reporter or Reporter()
     run = RunDir(run_dir)
@@ -100,10 +115,25 @@ def run_bench(
         torch_device=torch_device,
         omp_policy=omp_policy,
     )
-    images, root = load_split(run, spec, split, data, limit, rep)
+    split, why_split = choose_split(run, split, data)
+    ps, ps_why = None, ""
+    if split == PARITY_SPLIT:
+        try:
+            ps = load_parity_set(run.path, spec).head(limit)
+        except ParitySetError as e:
+            raise BenchError(str(e)) from None
+        images, root = set_images(ps, spec), str(ps.path)
+    else:
+        images, root = load_split(run, spec, split, data, limit, rep)
+        ps, ps_why = try_load(run.path, spec)
     inputs = BenchInputs(run=run, spec=spec, split=split, root=root, images=images, machine=machine)
     ctx = BenchContext(run.path, spec, threads=threads, torch_device=torch_device)
     state = _State(images=images, spec=spec)
+    state.parity_set, state.recorded = ps, split == PARITY_SPLIT
+    if why_split:
+        state.notes.append(f"measured on the parity set recorded at export: {why_split}")
+    if ps_why:
+        state.notes.append(f"the parity set is not used: {ps_why}")
     if omp_policy != "PASSIVE" and _torch_loaded():
         state.notes.append(
             f"PyTorch was loaded before the bench with OMP_WAIT_POLICY={omp_policy}: its idle "
@@ -114,16 +144,25 @@ def run_bench(
     opened = open_all(names, ctx, state, rep)
     try:
         logits = parity_logits(opened, images, state, rep)
+        if state.recorded and ps is not None:
+            logits = {REFERENCE_NAME: ps.logits, **logits}
         rows = parity_rows(logits, opened, state, limits)
         rows.update(exact_int8_rows(names, ctx, machine, logits, state, limits, rep))
+        check_recorded(ps, opened, logits, state, limits)
         measured = {n: b for n, b in opened.items() if n in logits}
         latency = time_backends(measured, images.x, sizes, warmup, rule, state, rep)
     finally:
         for backend in opened.values():
             backend.close()
-    attach_latency(rows, latency, state.reference, sizes)
+    state.speed_baseline = next(
+        (n for n in (state.reference, TORCH, FALLBACK_REFERENCE) if latency.get(n)), None
+    )
+    attach_latency(rows, latency, state.speed_baseline or "", sizes)
     state.notes += _int8_notes(rows)
-    pre = preprocess_cost(images.paths, spec)
+    if state.recorded and ps is not None:
+        pre = crop_preprocess_cost(ps, spec)
+    else:
+        pre = preprocess_cost(images.paths, spec)
     report = finite_or_none(assemble(inputs, settings, state, rows, pre))
     out_dir = Path(out) if out is not None else run.bench_dir
     write_report(report, out_dir)
@@ -158,6 +197,10 @@ class _State:
         self.notes: list[str] = []
         self.ref_logits = np.zeros((0, spec.num_classes), dtype=np.float32)
         self.ref_metrics: dict[str, Any] = {}
+        self.parity_set: ParitySet | None = None
+        self.recorded = False  # the reference is the parity set's recorded PyTorch logits
+        self.parity_info: dict[str, Any] | None = None
+        self.speed_baseline: str | None = None
 
     def skip(self, name: str, stage: str, reason: str) -> None:
         self.skipped.append({"name": name, "stage": stage, "reason": reason})
@@ -210,6 +253,14 @@ def open_all(
 ) -> dict[str, Backend]:
     """The reference first, then every other backend that opens; the rest are skipped."""
     opened: dict[str, Backend] = {}
+    if state.recorded and state.parity_set is not None:
+        versions = state.parity_set.versions
+        state.reference = REFERENCE_NAME
+        state.reference_reason = (
+            f"PyTorch fp32 logits of these crops, recorded at export (torch "
+            f"{versions.get('torch')}, timm {versions.get('timm')})"
+        )
+        return _open_others(names, ctx, state, opened)
     torch_backend, torch_why = _try_open(TORCH, ctx)
     if torch_backend is not None:
         opened[TORCH] = torch_backend
@@ -231,9 +282,20 @@ def open_all(
         state.notes.append(
             f"reference is {FALLBACK_REFERENCE}, not PyTorch: {torch_why}. Parity figures are "
             "against the FP32 ONNX file; its own parity with PyTorch is in export/export.json"
+            + (
+                f" (--split {PARITY_SPLIT} compares with PyTorch's logits recorded at export)"
+                if state.parity_set is not None
+                else ""
+            )
         )
+    return _open_others(names, ctx, state, opened)
+
+
+def _open_others(
+    names: list[str], ctx: BenchContext, state: _State, opened: dict[str, Backend]
+) -> dict[str, Backend]:
     for name in names:
-        if name in opened or name in (TORCH, QDQ_EXACT):
+        if name in opened or name == QDQ_EXACT or (name == TORCH and not state.recorded):
             continue
         backend, why = _try_open(name, ctx)
         if backend is None:
@@ -303,12 +365,12 @@ def parity_rows(
 ) -> dict[str, dict[str, Any]]:
     state.ref_logits = logits[state.reference]
     state.ref_metrics = metrics_of(state.ref_logits, state.images.labels, state.spec)
-    return {
+    rows = {
         name: _row(
             name,
-            "measured",
-            opened[name],
-            artifact_of(opened[name]),
+            "measured" if name in opened else "parity-only",
+            opened.get(name),
+            artifact_of(opened[name]) if name in opened else None,
             z,
             state,
             state.ref_metrics,
@@ -316,6 +378,39 @@ def parity_rows(
         )
         for name, z in logits.items()
     }
+    if REFERENCE_NAME in rows and state.parity_set is not None:
+        row = rows[REFERENCE_NAME]
+        row["precision"] = "fp32"
+        row["device"] = f"{state.parity_set.meta.get('device') or 'cpu'} at export"
+        row["artifact"] = str(state.parity_set.path)
+        row["notes"].append("PyTorch fp32 as recorded at export: parity only, no latency here")
+    return rows
+
+
+def check_recorded(
+    ps: ParitySet | None,
+    opened: dict[str, Backend],
+    logits: dict[str, np.ndarray],
+    state: _State,
+    limits: Budgets,
+) -> None:
+    """Does today's PyTorch reproduce the parity set's recorded logits? Versions too."""
+    if ps is None:
+        return
+    torch_logits: np.ndarray | None = None
+    if state.recorded:
+        x: np.ndarray | None = state.images.x
+        torch_logits = logits.get(TORCH)
+    else:
+        x = ps.inputs(state.spec)
+        if TORCH in opened:
+            try:
+                torch_logits = infer_in_batches(opened[TORCH], x, PARITY_BATCH)
+            except Exception as e:  # reported; the bench itself is unaffected
+                state.notes.append(f"torch on the parity set failed: {type(e).__name__}: {e}")
+    role = "reference" if state.recorded else "reproduction check"
+    state.parity_info = parity_set_info(ps, role, x, torch_logits, state.spec, limits)
+    state.notes += drift_notes(state.parity_info)
 
 
 def exact_int8_rows(
@@ -546,6 +641,7 @@ def assemble(
             "backend": state.reference,
             "device": ref_row["device"],
             "reason": state.reference_reason,
+            "speed_baseline": state.speed_baseline,
         },
         "settings": settings.to_dict(),
         "machine": inputs.machine,
@@ -553,6 +649,7 @@ def assemble(
         "backends": {state.reference: ref_row, **rows},
         "skipped": state.skipped,
         "preprocess": pre,
+        "parity_set": state.parity_info,
         "notes": list(state.notes),
         "summary": {
             "budget_passed": not failed,

@@ -14,10 +14,13 @@ format      "leukedge.bench"
 version     1
 created     ISO 8601 UTC time the report was made
 run         {path, name, arch, input_size, classes, positive_class}
-data        {root, split ("train"|"val"|"test"|"all"), images (int),
-             class_counts {class: int}, unreadable [{path, reason}]}
-reference   {backend, device, reason}   the backend every other one is compared with:
-            "torch" (PyTorch fp32), or "ort-fp32" where PyTorch cannot run (reason says why)
+data        {root, split ("train"|"val"|"test"|"all"|"parity"), images (int),
+             class_counts {class: int}, unreadable [{path, reason}]}; for "parity" the
+            root is export/parity_set.npz and the images are its stored crops
+reference   {backend, device, reason, speed_baseline}   the backend every other one is
+            compared with: "torch" (PyTorch fp32), "torch (recorded at export)" (the parity
+            set's logits, a parity-only row), or "ort-fp32" where PyTorch cannot run (reason
+            says why); speed_baseline: the row speed-ups are relative to (null: none timed)
 settings    {backends [requested names], batch_sizes [int], warmup (int),
              stop_rule {min_iters, min_time_s, max_time_s, max_iters},
              threads (int|null), torch_device, parity_batch (int),
@@ -59,6 +62,12 @@ backends    {name: row}, the reference first, in the order measured
   row.notes                     [str]
 skipped     [{name, stage ("open"|"parity"|"latency"), reason}]: asked for, not measured
 preprocess  {n, decode_ms stats, preprocess_ms stats, total_ms stats}: per image
+parity_set  null, or the export's parity set: {file, sha256, images, side, class_counts,
+            split_counts, recorded {created, device, checkpoint_sha256, versions},
+            role ("reference"|"reproduction check"), images_used, preprocess_mismatches
+            (crops whose tensor differs from the export machine's), version_changes
+            {package: [at export, here]}, torch_reproduces (parity + verdict, or null
+            where PyTorch did not run)}
 notes       [str]
 summary     {budget_passed (bool), failed [names], largest_batch (int)}
 files       [names written beside report.json]

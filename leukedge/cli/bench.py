@@ -36,9 +36,11 @@ def _batch_sizes(text: str) -> list[int]:
 def bench(
     run: Path = typer.Argument(..., exists=True, help="Run dir, exported with `leukedge export`."),
     split: str = typer.Option(
-        "test",
-        help="train | val | test | all: the images compared.",
-        callback=params.one_of("--split", ("train", "val", "test", "all")),
+        "auto",
+        help="train | val | test | all | parity: the images compared. parity: the export's "
+        "parity set against PyTorch's logits recorded at export (no PyTorch or data needed); "
+        "auto: parity where PyTorch, the checkpoint or the data is missing, else test.",
+        callback=params.one_of("--split", ("auto", "train", "val", "test", "all", "parity")),
     ),
     data: Path | None = typer.Option(None, help="The run's data, if it moved (or on a Jetson)."),
     backends: str | None = typer.Option(
@@ -93,6 +95,10 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print report.json."),
 ) -> None:
     """Parity and latency of every backend against PyTorch fp32 on the same images.
+
+    On a device without PyTorch or data, the reference is PyTorch's logits recorded at
+    export in export/parity_set.npz (--split parity); where PyTorch is installed, the bench
+    also checks that it still reproduces them.
 
     Writes report.json, report.md, latency.png and parity.png. Backends that cannot run
     here are listed as skipped with the reason.

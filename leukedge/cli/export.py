@@ -65,12 +65,22 @@ def export(
         "--allow-incompatible",
         help="Keep going when TensorRT's ONNX parser would refuse the INT8 file.",
     ),
+    parity_images: int = typer.Option(
+        256,
+        min=0,
+        help="Val/test crops in export/parity_set.npz with PyTorch's logits of them, the "
+        "reference a device checks itself against (0: none).",
+    ),
+    parity_side: int | None = typer.Option(
+        None, min=8, help="Short side of the stored crops (default 128, at least the input size)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print export.json."),
 ) -> None:
     """Export to ONNX: FP32, FP16 (I/O fp32) and INT8 Q/DQ calibrated on the validation split.
 
-    Writes RUN/export/model.{fp32,fp16,int8}.onnx, calibration.json and export.json with
-    each file's size, sha256, parity against PyTorch on the validation split and whether
+    Writes RUN/export/model.{fp32,fp16,int8}.onnx, calibration.json, parity_set.npz (val/test
+    crops with PyTorch's logits of them, for devices without PyTorch or data) and export.json
+    with each file's size, sha256, parity against PyTorch on the validation split and whether
     TensorRT's ONNX parser will take it. An INT8 file it would refuse is an error (exit 1)
     unless --allow-incompatible.
     Example: leukedge export runs/r50 --precision fp16,int8 --calib-method entropy
@@ -82,8 +92,9 @@ def export(
     RunDir(run).require("spec.json", "checkpoint.pt")  # before torch is imported
 
     args = (run, precision, calib_method, calib_size, opset, data)
+    parity: dict[str, Any] = {"parity_images": parity_images, "parity_side": parity_side}
     if as_json:
-        print_json(export_run(*args, allow_incompatible=allow_incompatible))
+        print_json(export_run(*args, allow_incompatible=allow_incompatible, **parity))
         return
     with RichReporter(console) as rep:
         tasks: dict[str, Any] = {}
@@ -93,8 +104,14 @@ def export(
                 tasks[stage] = rep.task(stage, total)
             rep.progress.update(tasks[stage], completed=done, total=total)
 
-        record = export_run(*args, progress, allow_incompatible=allow_incompatible)
+        record = export_run(*args, progress, allow_incompatible=allow_incompatible, **parity)
     console.print(export_table(record))
+    entry = record.get("parity_set")
+    if entry:
+        console.print(
+            f"parity set: {entry['images']} crops ({entry['size_bytes'] / 1e6:.1f} MB) with "
+            "PyTorch's logits, the reference `leukedge check` and `leukedge bench` use on a device"
+        )
     for w in record["warnings"]:
         console.print(f"[yellow]note:[/] {escape(w)}")
     console.print(f"written to {Path(run) / 'export'} (export.json has every figure)")
@@ -204,12 +221,19 @@ def build_engine(
         "$LEUKEDGE_CACHE_DIR), none, or a file.",
     ),
     parity: bool = typer.Option(
-        True, "--parity/--no-parity", help="Run each new engine on the validation images."
+        True,
+        "--parity/--no-parity",
+        help="Run each new engine on the export's parity set (or, without one, the "
+        "validation images).",
     ),
     parity_images: int | None = typer.Option(
-        None, min=1, help="Measure parity on N validation images (stratified); default all."
+        None,
+        min=1,
+        help="Measure parity on the first N parity-set crops (stratified); default all.",
     ),
-    data: Path | None = typer.Option(None, help="The run's data, if it moved since training."),
+    data: Path | None = typer.Option(
+        None, help="The run's data, if it moved (only for an export without a parity set)."
+    ),
     verbose: bool = typer.Option(
         False, "--verbose", help="TensorRT's verbose log in the build log file."
     ),
@@ -219,8 +243,10 @@ def build_engine(
     Precision lives in the ONNX graph (FP16 weights, INT8 Q/DQ): engines are built strongly
     typed, cached by (TensorRT version, GPU, precision, ONNX sha256, flags) under
     engines/<trt>_<gpu>_sm<cc>/ with a sidecar JSON and TensorRT's build log, and reused when
-    nothing changed. Each new engine runs on the validation images against ONNX Runtime fp32;
-    one that fails its parity budget is kept but left out of --backend auto. A precision that
+    nothing changed. Each new engine runs on the export's parity set against PyTorch's logits
+    recorded at export (no PyTorch or data needed here; an older export without a parity set:
+    the validation images against ONNX Runtime fp32); one that fails its parity budget is
+    kept but left out of --backend auto. A precision that
     fails does not stop the others; the exit code is 1 when any failed.
     Example (on a Jetson): leukedge build-engine runs/r50 --precision fp16,int8 --max-batch 16
     """
@@ -257,7 +283,7 @@ def build_engine(
 
 def _engines_table(outcomes: list[Any]) -> Table:
     table = Table(title="TensorRT engines")
-    for col in ("precision", "status", "engine", "build s", "parity vs ONNX Runtime"):
+    for col in ("precision", "status", "engine", "build s", "parity"):
         table.add_column(col)
     for o in outcomes:
         r = o.result
@@ -293,8 +319,9 @@ def _engine_notes(outcomes: list[Any]) -> list[str]:
         side = r.sidecar
         if side.parity_failed:
             notes.append(
-                f"[yellow]{o.precision}: left out of --backend auto[/], its parity against "
-                f"ONNX Runtime failed the budget ({escape('; '.join(side.parity_failed))}); "
+                f"[yellow]{o.precision}: left out of --backend auto[/], its parity "
+                f"({escape(str((side.parity or {}).get('reference')))}) failed the budget "
+                f"({escape('; '.join(side.parity_failed))}); "
                 f"run it by name with --backend trt-{o.precision}"
             )
         elif side.parity and not side.parity.get("measured"):

@@ -8,6 +8,7 @@ Writes into ``RUN/export/``::
     calibration.json  the INT8 ranges, reused while the FP32 file and settings match
     export.json       every file with size, sha256, timings, parity against PyTorch and
                       whether TensorRT's ONNX parser will take it
+    parity_set.npz    val/test crops + PyTorch's logits of them: the reference on a device
 
 Parity is measured on the run's validation split (the INT8 calibration images are
 part of it, so INT8 parity there is a best case; ``leukedge bench`` measures on the
@@ -56,6 +57,7 @@ from leukedge.export.parity import (
     reference_logits,
     torch_logits,
 )
+from leukedge.export.parityset import DEFAULT_IMAGES, write_parity_set
 from leukedge.io import is_disk_full, sha256_file, sweep_stale_temps
 from leukedge.rundir import RunDir, RunDirError
 from leukedge.spec import ModelSpec
@@ -95,11 +97,15 @@ def export_run(
     data: str | Path | None = None,
     progress: Progress | None = None,
     allow_incompatible: bool = False,
+    parity_images: int = DEFAULT_IMAGES,
+    parity_side: int | None = None,
 ) -> dict[str, Any]:
     """Export a run to ONNX in ``precisions``; returns what was written to export.json.
 
     Raises :class:`TensorRTIncompatibleError` (after writing everything) when the INT8
     file breaks TensorRT's parser rules, unless ``allow_incompatible``.
+    ``parity_images`` val/test crops (short side ``parity_side``) and PyTorch's logits of
+    them go to ``parity_set.npz`` (:mod:`leukedge.export.parityset`); 0 writes none.
     """
     calib_method = calib_method.strip().lower()
     wanted = _check_args(precisions, calib_method, calib_size, opset)
@@ -159,6 +165,7 @@ def export_run(
     tell("check for TensorRT", 0, 1)
     blocked = _tensorrt_verdicts(out_dir, record, allow_incompatible)
     tell("check for TensorRT", 1, 1)
+    write_parity_set(run, spec, model, record, parity_images, parity_side, data, tell)
     tell("write export.json", 0, 1)
     record_path = write_export_record(out_dir, record)
     tell("write export.json", 1, 1)

@@ -9,8 +9,11 @@ fp32 engine computes in fp32.
 
 What a trtexec user expects comes with each build: TensorRT's log in a file next
 to the engine, timing caches (the run's own and one per machine, TensorRT version
-and GPU), the DLA layer placement, and the engine's parity against ONNX Runtime on
-the validation images recorded in its sidecar (as Polygraphy compares runners).
+and GPU), the DLA layer placement, and the engine's parity recorded in its sidecar
+(as Polygraphy compares runners): against PyTorch's logits of the export's parity
+set (``export/parity_set.npz``), so a Jetson needs nothing but ``spec.json`` and
+``export/``; for an export without one, against ONNX Runtime fp32 on the run's
+validation images.
 Cache keys, names, shapes and the sidecar come from
 :mod:`leukedge.runtime.backends.engine_plan`.
 """
@@ -62,6 +65,12 @@ from leukedge.runtime.backends.engine_plan import (
     timing_cache_path,
 )
 from leukedge.runtime.backends.gpu import require_target
+from leukedge.runtime.parityset import (
+    PARITY_SET_FILE,
+    ParitySetError,
+    has_parity_set,
+    load_parity_set,
+)
 from leukedge.spec import ModelSpec, SpecError
 
 DEFAULT_PRECISIONS = ENGINE_AUTO_ORDER  # the fastest-first order --backend auto tries
@@ -136,6 +145,42 @@ class ValidationImages:
             self._reference[onnx_path] = onnx_logits(onnx_path, self.x, spec)
         return self._reference[onnx_path]
 
+    def reference_label(self, onnx_path: Path) -> str:
+        return f"onnxruntime fp32 CPU: {onnx_path.name}"
+
+
+@dataclass
+class ParitySetImages(ValidationImages):
+    """The export's parity set: its crops preprocessed here, PyTorch's recorded logits."""
+
+    recorded: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    torch_version: str | None = None
+
+    def reference(self, onnx_path: Path, spec: ModelSpec) -> np.ndarray:
+        return self.recorded
+
+    def reference_label(self, onnx_path: Path) -> str:
+        return f"torch fp32 recorded at export (torch {self.torch_version}): {PARITY_SET_FILE}"
+
+
+def parity_set_images(
+    export_dir: Path, spec: ModelSpec, limit: int | None = None
+) -> tuple[ValidationImages | None, str]:
+    """The export's parity set (its first ``limit`` crops: still stratified), or why not."""
+    try:
+        ps = load_parity_set(export_dir, spec).head(limit)
+    except ParitySetError as e:
+        return None, str(e)
+    source = f"{len(ps)} parity-set crops (val+test) of {export_dir}"
+    images = ParitySetImages(
+        ps.inputs(spec),
+        ps.labels,
+        source,
+        recorded=ps.logits,
+        torch_version=ps.versions.get("torch"),
+    )
+    return images, ""
+
 
 def validation_images(
     run_dir: Path, spec: ModelSpec, data: str | Path | None = None, limit: int | None = None
@@ -162,7 +207,8 @@ def validation_images(
 
 
 class RunImages:
-    """A run's validation images, read on first need (a reused engine needs none)."""
+    """The images a new engine is measured on, read on first need (a reused engine needs none):
+    the export's parity set where it has one, else the run's validation split."""
 
     def __init__(self, target: Path, data: str | Path | None, limit: int | None) -> None:
         self.target, self.data, self.limit = target, data, limit
@@ -172,7 +218,9 @@ class RunImages:
         if self._loaded is None:
             target = self.target
             run_dir = target if is_run_dir(target) else run_dir_of_export(onnx_path.parent)
-            if run_dir is None:
+            if has_parity_set(onnx_path.parent):
+                self._loaded = parity_set_images(onnx_path.parent, spec, self.limit)
+            elif run_dir is None:
                 self._loaded = None, "not in a run dir: no validation split to measure on"
             else:
                 self._loaded = validation_images(run_dir, spec, self.data, self.limit)
@@ -201,7 +249,8 @@ def measure_parity(
     spec: ModelSpec,
     device: int = 0,
 ) -> dict[str, Any]:
-    """The engine against ONNX Runtime fp32 on the same images, judged by ``precision``'s budget."""
+    """The engine against the images' reference (PyTorch recorded at export, or ONNX Runtime
+    fp32 on the validation split), judged by ``precision``'s budget."""
     from leukedge.budgets import Budgets, judge
     from leukedge.export.parity import compare
     from leukedge.runtime.backends.trt import TrtBackend
@@ -213,7 +262,7 @@ def measure_parity(
     verdict = judge(artifact(precision).budget_key, parity, Budgets())
     return {
         "measured": True,
-        "reference": f"onnxruntime fp32 CPU: {reference_onnx.name}",
+        "reference": images.reference_label(reference_onnx),
         "images": images.source,
         **parity,
         "verdict": verdict,
@@ -254,7 +303,7 @@ def build_engine(
     ``flags`` (else ``max_batch``, ``workspace_mb``, ``dla_core``) set the build.
     ``timing_cache``: the run's (``"auto"``: beside the engine, a path, or None);
     ``shared_timing_cache``: the machine's (``"auto"``: under ``~/.cache/leukedge``).
-    With ``images`` the new engine's parity against ONNX Runtime goes into its sidecar.
+    With ``images`` the new engine's parity goes into its sidecar.
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -379,7 +428,7 @@ def _record_parity(
     device: int,
     log: Log,
 ) -> EngineSidecar:
-    """Run the new engine on the validation images; a failure to measure never loses the engine."""
+    """Run the new engine on the parity images; a failure to measure never loses the engine."""
     parity: dict[str, Any]
     try:
         found, why = images.get(spec, onnx_path) if images is not None else (None, "")

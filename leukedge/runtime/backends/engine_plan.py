@@ -448,7 +448,7 @@ class EngineSidecar:
     built_at: str
     leukedge_version: str
     output_name: str = OUTPUT_NAME
-    parity: dict[str, Any] | None = None  # vs ONNX Runtime on the validation images, judged
+    parity: dict[str, Any] | None = None  # vs the parity set's PyTorch logits (or ORT), judged
     placement: dict[str, Any] | None = None  # DLA builds: which layers run where
     build_log: str | None = None  # TensorRT's log of the build, next to the engine
     warnings: list[str] = field(default_factory=list)

@@ -174,7 +174,7 @@ def _trt_engine_candidates(
     """Engines built for this machine's GPU and TensorRT under ``run_dir/engines``.
 
     An automatic choice (every precision in ``ENGINE_AUTO_ORDER``) leaves out an
-    engine whose parity against ONNX Runtime failed its budget when it was built;
+    engine whose parity check failed its budget when it was built;
     naming the one precision (``trt-int8``) still runs it.
     """
     from leukedge.runtime.backends.engine_plan import SidecarError, load_sidecar_for
@@ -200,7 +200,7 @@ def _trt_engine_candidates(
             failed = []  # TrtBackend says what is wrong with the sidecar when it is opened
         if failed:
             unavailable.append(
-                f"trt-{precision}: left out of --backend auto, its parity against ONNX Runtime "
+                f"trt-{precision}: left out of --backend auto, its parity check "
                 f"failed the budget when it was built ({'; '.join(failed)}); pass "
                 f"--backend trt-{precision} to run it anyway"
             )
