@@ -398,8 +398,9 @@ def test_export_json_says_tensorrt_parses_every_file(trained_export) -> None:
     "arch",
     [
         "cnn",
-        pytest.param("resnet50", marks=pytest.mark.slow),
-        pytest.param("vit-hybrid", marks=pytest.mark.slow),
+        # An FP32 export and a calibration each: minutes on a shared 2-core CPU.
+        pytest.param("resnet50", marks=[pytest.mark.slow, pytest.mark.timeout(1800)]),
+        pytest.param("vit-hybrid", marks=[pytest.mark.slow, pytest.mark.timeout(1800)]),
     ],
 )
 def test_every_arch_exports_an_int8_file_tensorrt_parses(
