@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -17,6 +18,9 @@ from leukedge.cli.common import (
     metrics_table,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from leukedge.train.config import TrainConfig
 
 
 @app.command()
@@ -55,6 +59,13 @@ def train(
         None, help="masked | context (default: from the layout)."
     ),
     layout: str = typer.Option("auto", help="auto | cnmc | allidb2 | folders | synthetic"),
+    folds: int = typer.Option(
+        0,
+        "--folds",
+        help="K-fold cross-validation by subject: one run per fold under --out "
+        "(fold-0 ... fold-K-1), pooled out-of-fold predictions (oof.csv) and metrics "
+        "with 95% intervals. Re-run the same command to continue unfinished folds.",
+    ),
 ) -> None:
     """Train a classifier; writes spec.json, checkpoint.pt, split.json, history, plots, metrics.
 
@@ -88,6 +99,9 @@ def train(
         cfg.validate()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    if folds:
+        _train_folds(cfg, folds)
+        return
     with RichReporter(console) as rep:
         result = run_training(cfg, resume=resume, reporter=rep)
     if not result:  # a non-zero rank under torchrun
@@ -101,6 +115,41 @@ def train(
         "metrics.json)"
     )
     console.print(f"next: leukedge export {out}")
+
+
+def _train_folds(cfg: TrainConfig, k: int) -> None:
+    from leukedge.progress import RichReporter
+    from leukedge.stats import METRICS
+    from leukedge.train.folds import train_folds
+
+    with RichReporter(console) as rep:
+        result = train_folds(cfg, k, reporter=rep)
+    table = Table(title=f"{k}-fold cross-validation ({result['split_unit']}-level folds)")
+    table.add_column("")
+    for label in METRICS.values():
+        table.add_column(label, justify="right")
+    for row in result["per_fold"]:
+        table.add_row(f"fold {row['fold']} (n={row['n']})", *(fmt(row[m], 3) for m in METRICS))
+    table.add_row(
+        "mean ± std",
+        *(f"{fmt(result['mean'][m], 3)} ± {fmt(result['std'][m], 3)}" for m in METRICS),
+    )
+    table.add_row(
+        f"pooled (n={result['images']})",
+        *(_with_ci(result["pooled"][m]) for m in METRICS),
+    )
+    console.print(table)
+    console.print(
+        f"95% intervals: bootstrap over {result['bootstrap']['units']} "
+        f"{result['bootstrap']['unit']}s. Run dir [bold]{cfg.out}[/] (folds.json, fold-*/, "
+        f"oof.csv, metrics.json)"
+    )
+    console.print(f"next: leukedge compare {cfg.out} OTHER_RUN ...")
+
+
+def _with_ci(entry: dict) -> str:
+    lo, hi = entry["ci95"]
+    return f"{fmt(entry['estimate'], 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
 
 
 @app.command()
