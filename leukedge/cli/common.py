@@ -60,6 +60,15 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         BenchError,
         ReportError,
     ]
+    from leukedge.predictions import PredictionsError
+
+    known.append(PredictionsError)
+    try:
+        from leukedge.compare.runs import CompareError
+
+        known.append(CompareError)
+    except ImportError:  # scipy/statsmodels missing: the runtime-only install
+        pass
     try:
         from leukedge.train.models import PretrainedError
 
