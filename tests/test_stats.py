@@ -233,3 +233,33 @@ def test_holm_adjusts_as_the_step_down_procedure() -> None:
 def test_scorer_refuses_more_than_two_classes() -> None:
     with pytest.raises(ValueError, match="binary"):
         Scorer(np.zeros(3, int), np.full((3, 3), 1 / 3))
+
+
+def test_a_lone_subject_of_a_class_is_in_every_resample() -> None:
+    subjects = ["H1"] * 10 + [f"A{i // 5}" for i in range(20)]
+    y = np.asarray([0] * 10 + [1] * 20)
+    units = resampling_units(y, subjects)
+    assert [units.names[i] for i in units.fixed] == ["H1"]
+    seen: list[np.ndarray] = []
+
+    def record(weights: np.ndarray | None) -> np.ndarray:
+        if weights is not None:
+            seen.append(weights)
+            return weights.sum(axis=1)
+        return np.zeros(1)
+
+    bootstrap_interval(record, units, 100)
+    drawn = np.concatenate(seen)
+    assert np.all(drawn[:, :10] == 1)  # H1 once in every resample
+    assert np.all(drawn[:, 10:].sum(axis=1) == 20)
+
+
+def test_no_interval_and_no_test_when_nothing_can_be_resampled() -> None:
+    y, probs = _fake(20, 0)
+    y[:10], y[10:] = 0, 1
+    units = resampling_units(y, ["H"] * 10 + ["A"] * 10)
+    a = Scorer(y, probs)
+    ci = bootstrap_interval(a.metric("auroc"), units, 100)
+    assert np.isnan(ci.low) and np.isnan(ci.high) and np.isfinite(ci.estimate)
+    assert np.isnan(paired_difference("auroc", a, a, units, 100).p_value())
+    assert ci.to_dict()["ci95"] == [None, None]

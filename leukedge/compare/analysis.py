@@ -62,6 +62,7 @@ def analyse(
             "unit": units.kind,
             "units": units.count,
             "strata": [len(s) for s in units.strata],
+            "fixed": [units.names[i] for i in units.fixed],
             "resamples": n_resamples,
             "seed": seed,
             "method": "percentile bootstrap, resampling stratified by class",

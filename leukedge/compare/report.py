@@ -5,7 +5,9 @@
     runs        [{name, path, kind ("run"|"kfold"), arch, images_scored, data_root}]
     images      {n, class_counts, aligned (bool), scored {run: images}}
     positive_class
-    resampling  {unit ("subject"|"image"), units, strata, resamples, seed, method, confidence}
+    resampling  {unit ("subject"|"image"), units, strata [units per resampled class], fixed
+                 [units alone in their class: in every resample], resamples, seed, method,
+                 confidence}
     correction  {method "holm", alpha, pairs}
     metrics     {run: {metric: {estimate, ci95 [lo, hi]}}}   metrics of leukedge.stats.METRICS
     pairs       [{a, b, significant, mcnemar {b, c, exact, statistic, p_value, p_holm,
@@ -76,7 +78,18 @@ def _notes(runs: list[ModelRun], data: Aligned, report: dict[str, Any]) -> list[
             f"--align: the runs scored different images ({per}); only the {data.n} images "
             "common to all are compared"
         )
-    if report["resampling"]["unit"] == "image":
+    res = report["resampling"]
+    if not res["strata"]:
+        notes.append(
+            f"no class has two {res['unit']}s: nothing to resample, so no intervals and no "
+            "paired bootstrap tests; these data cannot tell the models apart"
+        )
+    elif res["fixed"]:
+        notes.append(
+            f"{', '.join(res['fixed'])} alone in its class: in every resample, so the intervals "
+            f"leave out {res['unit']}-to-{res['unit']} variation of that class"
+        )
+    if res["unit"] == "image":
         notes.append(
             "no subject ids: intervals resample images as if independent; cells of one patient "
             "are alike, so for new patients the intervals are too narrow and the figures optimistic"

@@ -5,7 +5,9 @@ gives intervals that are too narrow. Where the images have subject ids, the
 subjects are resampled (a cluster bootstrap) and every image of a drawn subject
 comes along; otherwise the images are. Resampling is stratified by class (by a
 subject's majority class): each resample keeps the number of ALL and HEM units,
-so sensitivity, specificity and AUROC are always defined (pROC's default too).
+so sensitivity, specificity and AUROC are always defined (pROC's default too). A
+class with a single unit cannot be resampled: that unit is in every resample, and
+with no class of two units there is no interval at all (null, and no test).
 
 The resampling and the percentile interval are :func:`scipy.stats.bootstrap`'s,
 with one sample per stratum; the statistic turns the drawn unit ids into image
@@ -34,7 +36,8 @@ class Units:
     kind: str
     unit_of_image: np.ndarray  # (N,) int in [0, U)
     names: list[str]  # (U,) subject ids, or image files
-    strata: list[np.ndarray]  # unit ids of each stratum (one per class present)
+    strata: list[np.ndarray]  # unit ids of each resampled stratum (a class with >= 2 units)
+    fixed: np.ndarray  # units alone in their class: in every resample once, never varied
 
     @property
     def count(self) -> int:
@@ -46,6 +49,11 @@ class Units:
 
     def describe(self) -> str:
         return f"{self.count} {self.kind}s"
+
+    @property
+    def resampled(self) -> bool:
+        """False when no class has two units: nothing can vary, there is no interval."""
+        return bool(self.strata)
 
 
 def resampling_units(
@@ -69,10 +77,11 @@ def resampling_units(
         majority = labels.tolist()
         kind = "image"
     unit_label = np.asarray(majority, dtype=np.int64)
-    strata = [np.flatnonzero(unit_label == c) for c in sorted(set(majority))]
-    if any(len(s) < 2 for s in strata):  # scipy needs two units per sample: do not stratify
-        strata = [np.arange(len(names), dtype=np.int64)]
-    return Units(kind, unit_of_image, names, strata)
+    by_class = [np.flatnonzero(unit_label == c) for c in sorted(set(majority))]
+    strata = [s for s in by_class if len(s) >= 2]
+    lone = [s for s in by_class if len(s) < 2]
+    fixed = np.concatenate(lone) if lone else np.zeros(0, dtype=np.int64)
+    return Units(kind, unit_of_image, names, strata, fixed)
 
 
 @dataclass
@@ -88,8 +97,8 @@ class Interval:
     def p_value(self, null: float = 0.0) -> float:
         """Two-sided bootstrap p of ``estimate == null`` (for differences): twice the
         smaller tail of the resampled values beyond ``null``, at most 1."""
-        d = self.distribution[np.isfinite(self.distribution)]
-        if d.size == 0:
+        d = self.distribution
+        if d.size == 0 or not np.isfinite(d).all():  # no interval, no test
             return float("nan")
         tail = min(float(np.mean(d <= null)), float(np.mean(d >= null)))
         return min(1.0, 2.0 * tail)
@@ -115,10 +124,15 @@ def bootstrap_interval(
     units, so intervals of different metrics and models are of one bootstrap.
     """
     estimate = float(statistic(None)[0])
+    if not units.resampled:
+        return Interval(estimate, float("nan"), float("nan"), np.zeros(0), confidence)
     u = units.count
 
     def on_units(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
         drawn = np.concatenate([np.moveaxis(s, axis, -1) for s in samples], axis=-1)
+        if units.fixed.size:
+            lone = np.broadcast_to(units.fixed, (*drawn.shape[:-1], units.fixed.size))
+            drawn = np.concatenate([drawn, lone], axis=-1)
         lead = drawn.shape[:-1]
         flat = drawn.reshape(-1, drawn.shape[-1])
         rows = np.arange(flat.shape[0])[:, None]
