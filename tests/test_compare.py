@@ -256,3 +256,8 @@ def test_training_and_evaluate_write_the_test_predictions(trained_run: Path) -> 
     assert again.files == table.files
     np.testing.assert_allclose(again.probs, table.probs, atol=1e-5)
     assert Path(result["predictions"][0]).name == "eval_synthetic_test.predictions.csv"
+
+
+def test_cli_compare_help() -> None:
+    result = CliRunner().invoke(app, ["compare", "--help"])
+    assert result.exit_code == 0 and "--align" in result.output

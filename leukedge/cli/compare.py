@@ -47,11 +47,11 @@ def compare(
     table = Table(
         title=f"{report['images']['n']} images; 95% intervals over {res['units']} {res['unit']}s"
     )
-    table.add_column("model")
-    for label in METRICS.values():
-        table.add_column(label, justify="right")
-    for name, m in report["metrics"].items():
-        table.add_row(name, *(_ci(m[k]) for k in METRICS))
+    table.add_column("metric")
+    for name in report["metrics"]:
+        table.add_column(name, justify="right")
+    for key, label in METRICS.items():
+        table.add_row(label, *(_ci(m[key]) for m in report["metrics"].values()))
     console.print(table)
     pairs = Table(title="paired tests (Holm-corrected p)")
     for col in ("A vs B", "McNemar", "Δ weighted F1", "Δ AUROC", "significant"):

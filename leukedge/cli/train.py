@@ -125,19 +125,15 @@ def _train_folds(cfg: TrainConfig, k: int) -> None:
     with RichReporter(console) as rep:
         result = train_folds(cfg, k, reporter=rep)
     table = Table(title=f"{k}-fold cross-validation ({result['split_unit']}-level folds)")
-    table.add_column("")
-    for label in METRICS.values():
-        table.add_column(label, justify="right")
-    for row in result["per_fold"]:
-        table.add_row(f"fold {row['fold']} (n={row['n']})", *(fmt(row[m], 3) for m in METRICS))
-    table.add_row(
-        "mean ± std",
-        *(f"{fmt(result['mean'][m], 3)} ± {fmt(result['std'][m], 3)}" for m in METRICS),
-    )
-    table.add_row(
-        f"pooled (n={result['images']})",
-        *(_with_ci(result["pooled"][m]) for m in METRICS),
-    )
+    for col in ("metric", "per fold", "mean ± std", f"pooled, n={result['images']} [95% CI]"):
+        table.add_column(col, justify="right")
+    for m, label in METRICS.items():
+        table.add_row(
+            label,
+            " ".join(fmt(row[m], 3) for row in result["per_fold"]),
+            f"{fmt(result['mean'][m], 3)} ± {fmt(result['std'][m], 3)}",
+            _with_ci(result["pooled"][m]),
+        )
     console.print(table)
     console.print(
         f"95% intervals: bootstrap over {result['bootstrap']['units']} "
