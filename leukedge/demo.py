@@ -3,8 +3,10 @@
 synthesize cells and frames -> train the small CNN (subject-level split) ->
 export FP32/FP16/INT8 ONNX -> run the microscope pipeline on the synthetic
 frames and score it against their ground truth -> bench every backend against
-PyTorch, ending with the parity table. Every step is the same library call a
-user makes; the demo only picks small sizes so it finishes in minutes.
+PyTorch -> train the same CNN for half the epochs and compare the two on the
+same test cells (intervals, paired tests), ending with what that comparison can
+and cannot tell. Every step is the same library call a user makes; the demo only
+picks small sizes so it finishes in minutes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from rich.table import Table
 
 DEMO_IMG_SIZE = 64
 DEMO_BACKENDS = "torch,ort-fp32,ort-fp16,ort-int8"
-STEPS = 6
+STEPS = 7
 
 
 def _step(console: Console, n: int, title: str) -> float:
@@ -37,6 +39,8 @@ def run_demo(
 ) -> dict[str, Any]:
     from leukedge.bench import run_bench
     from leukedge.bench.tables import parity_table
+    from leukedge.compare import compare_runs
+    from leukedge.compare.markdown import findings
     from leukedge.data.synth import synthesize
     from leukedge.export import export_run
     from leukedge.progress import RichReporter
@@ -47,6 +51,7 @@ def run_demo(
     console = console or Console()
     out = Path(out)
     data_dir, run_dir = out / "data", out / "runs" / "cnn"
+    short_dir, compare_dir = out / "runs" / "cnn-short", out / "compare"
     frames_out = out / "frames-run"
     summary: dict[str, Any] = {"out": str(out)}
     timings: dict[str, float] = {}
@@ -58,7 +63,11 @@ def run_demo(
     timings["synthesize"] = time.perf_counter() - t0
 
     t0 = _step(console, 2, "train the CNN (split by subject)")
-    for old in (run_dir, frames_out):  # a previous demo: start over, the demo owns these folders
+    for old in (
+        run_dir,
+        short_dir,
+        frames_out,
+    ):  # a previous demo: start over, the demo owns these folders
         if old.exists():
             shutil.rmtree(old)
     cfg = TrainConfig(
@@ -117,7 +126,22 @@ def run_demo(
     }
     timings["bench"] = time.perf_counter() - t0
 
-    _step(console, 6, "results")
+    t0 = _step(console, 6, "compare: the CNN against the same CNN trained half as long")
+    short_cfg = TrainConfig.from_dict(
+        {**cfg.to_dict(), "out": str(short_dir), "epochs": max(1, epochs // 2)}
+    )
+    short_cfg.patience = short_cfg.epochs
+    with RichReporter(console) as rep:
+        train(short_cfg, reporter=rep)
+    with console.status("comparing on the same test cells"):
+        compared = compare_runs([run_dir, short_dir], compare_dir, n_resamples=1000)
+    summary["compare"] = {
+        name: {k: m[k]["estimate"] for k in ("accuracy", "f1_weighted", "auroc")}
+        for name, m in compared["metrics"].items()
+    }
+    timings["compare"] = time.perf_counter() - t0
+
+    _step(console, 7, "results")
     table = Table(title="synthetic test subjects (a demo: not a claim about real cells)")
     for col in ("accuracy", "weighted F1", "AUROC"):
         table.add_column(col, justify="right")
@@ -136,4 +160,9 @@ def run_demo(
     for note in report.get("notes", []):
         console.print(f"note: {note}", style="yellow", markup=False)
     console.print(parity_table(report))
+    console.print(
+        f"compare:   {compare_dir}  (report.md, report.json, roc.png, confusion.png, pareto.png)"
+    )
+    for line in findings(compared):
+        console.print(line, markup=False, highlight=False)
     return summary

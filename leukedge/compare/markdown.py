@@ -78,7 +78,7 @@ def cheapest(report: dict[str, Any], names: list[str]) -> tuple[str, str]:
     return n, f"{params / 1e6:.1f} M parameters" if params else "no cost figures"
 
 
-def _findings(report: dict[str, Any]) -> list[str]:
+def findings(report: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     best = best_model(report)
     bm = report["metrics"][best]
@@ -200,7 +200,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         "## Findings",
         "",
-        *_findings(report),
+        *findings(report),
         "",
         "## Metrics",
         "",
