@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data
 from sklearn.model_selection import StratifiedGroupKFold
 
 from leukedge.data.layouts import load_dataset
@@ -165,3 +166,16 @@ def test_kfold_run_pools_out_of_fold_predictions_and_resumes(
 def test_folds_refuse_the_official_split(tmp_path: Path, synth_data: Path) -> None:
     with pytest.raises(FoldsError, match="official"):
         train_folds(_cfg(synth_data, tmp_path / "x", split="official"), 3)
+
+
+@pytest.mark.realdata
+def test_cnmc_sample_folds_keep_each_patient_in_one_fold() -> None:
+    ds = load_dataset(shared_data("cnmc-sample"))
+    folds = make_folds(ds, 3, seed=0)
+    assert folds.unit == "subject" and not folds.warnings
+    for subject, recs in ds.subjects().items():
+        assert len({folds.fold_of[r.path] for r in recs}) == 1, subject
+    for k in range(3):
+        split = fold_split(ds, folds, k)
+        assert {r.label for r in split.records(ds, "test")} == {0, 1}
+        assert {r.label for r in split.records(ds, "val")} == {0, 1}
