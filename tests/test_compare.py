@@ -241,9 +241,14 @@ def test_flops_of_the_cnn_are_the_hand_count() -> None:
 
 
 @pytest.mark.slow
-def test_training_and_evaluate_write_the_test_predictions(trained_run: Path) -> None:
+def test_training_and_evaluate_write_the_test_predictions(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    import shutil
+
     from leukedge.train.evaluate_run import evaluate_run
 
+    trained_run = Path(shutil.copytree(trained_run, tmp_path / "run"))  # the shared run stays as is
     metrics = json.loads((trained_run / "metrics.json").read_text())
     table = read_predictions(trained_run / "predictions.csv")
     assert len(table) == metrics["test"]["n"]
