@@ -179,3 +179,24 @@ def test_cnmc_sample_folds_keep_each_patient_in_one_fold() -> None:
         split = fold_split(ds, folds, k)
         assert {r.label for r in split.records(ds, "test")} == {0, 1}
         assert {r.label for r in split.records(ds, "val")} == {0, 1}
+
+
+@pytest.mark.slow
+def test_cli_folds_then_export_one_fold(tmp_path: Path, synth_data: Path) -> None:
+    from typer.testing import CliRunner
+
+    from leukedge.cli import app
+    from leukedge.export import export_run
+
+    out = tmp_path / "cv"
+    args = ["train", "--data", str(synth_data), "--out", str(out), "--folds", "2"]
+    args += ["--epochs", "1", "--img-size", "32", "--workers", "0", "--batch-size", "16"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2-fold cross-validation" in result.output and "pooled" in result.output
+    export_run(out / "fold-1", precisions=("fp32",))  # a fold exports like any run
+    assert (out / "fold-1" / "export" / "model.fp32.onnx").is_file()
+    again = CliRunner().invoke(app, args)  # the same command again: nothing left to train
+    assert again.exit_code == 0 and "done already" in again.output
+    bad = CliRunner().invoke(app, [*args[:-2], "--batch-size", "8"])
+    assert bad.exit_code == 2 and "batch_size 16 -> 8" in bad.output
