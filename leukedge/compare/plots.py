@@ -70,6 +70,12 @@ def pareto_png(points: list[dict[str, Any]]) -> bytes:
             ls="--",
         )
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 4, 10, 40 rather than powers of ten
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("batch-1 latency p50 (ms, log scale)")
     ax.set_ylabel("weighted F1 (95% interval)")
     ax.set_title("accuracy vs latency (filled: Pareto-optimal)")
