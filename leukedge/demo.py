@@ -3,8 +3,10 @@
 synthesize cells and frames -> train the small CNN (subject-level split) ->
 export FP32/FP16/INT8 ONNX -> run the microscope pipeline on the synthetic
 frames and score it against their ground truth -> bench every backend against
-PyTorch, ending with the parity table. Every step is the same library call a
-user makes; the demo only picks small sizes so it finishes in minutes.
+PyTorch -> train the same CNN for half the epochs and compare the two on the
+same test cells (intervals, paired tests), ending with what that comparison can
+and cannot tell. Every step is the same library call a user makes; the demo only
+picks small sizes so it finishes in minutes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from leukedge.io import OutputError, atomic_write_text
 
 DEMO_IMG_SIZE = 64
 DEMO_BACKENDS = "torch,ort-fp32,ort-fp16,ort-int8"
-STEPS = 6
+STEPS = 7
 MARKER = ".leukedge-demo"
 
 
@@ -64,6 +66,8 @@ def run_demo(
 
     from leukedge.bench import run_bench
     from leukedge.bench.tables import parity_table
+    from leukedge.compare import compare_runs
+    from leukedge.compare.markdown import findings
     from leukedge.data.synth import synthesize
     from leukedge.export import export_run
     from leukedge.progress import RichReporter
@@ -73,6 +77,7 @@ def run_demo(
 
     console = console or Console()
     data_dir, run_dir = out / "data", out / "runs" / "cnn"
+    short_dir, compare_dir = out / "runs" / "cnn-short", out / "compare"
     frames_out = out / "frames-run"
     summary: dict[str, Any] = {"out": str(out)}
     timings: dict[str, float] = {}
@@ -84,7 +89,7 @@ def run_demo(
     timings["synthesize"] = time.perf_counter() - t0
 
     t0 = _step(console, 2, "train the CNN (split by subject)")
-    for old in (run_dir, frames_out):  # a previous demo's (claim_folder): start over
+    for old in (run_dir, short_dir, frames_out):  # a previous demo's (claim_folder): start over
         if old.is_symlink():
             old.unlink()
         elif old.exists():
@@ -145,7 +150,22 @@ def run_demo(
     }
     timings["bench"] = time.perf_counter() - t0
 
-    _step(console, 6, "results")
+    t0 = _step(console, 6, "compare: the CNN against the same CNN trained half as long")
+    short_cfg = TrainConfig.from_dict(
+        {**cfg.to_dict(), "out": str(short_dir), "epochs": max(1, epochs // 2)}
+    )
+    short_cfg.patience = short_cfg.epochs
+    with RichReporter(console) as rep:
+        train(short_cfg, reporter=rep)
+    with console.status("comparing on the same test cells"):
+        compared = compare_runs([run_dir, short_dir], compare_dir, n_resamples=1000)
+    summary["compare"] = {
+        name: {k: m[k]["estimate"] for k in ("accuracy", "f1_weighted", "auroc")}
+        for name, m in compared["metrics"].items()
+    }
+    timings["compare"] = time.perf_counter() - t0
+
+    _step(console, 7, "results")
     table = Table(title="synthetic test subjects (a demo: not a claim about real cells)")
     for col in ("accuracy", "weighted F1", "AUROC"):
         table.add_column(col, justify="right")
@@ -164,4 +184,9 @@ def run_demo(
     for note in report.get("notes", []):
         console.print(f"note: {note}", style="yellow", markup=False)
     console.print(parity_table(report))
+    console.print(
+        f"compare:   {compare_dir}  (report.md, report.json, roc.png, confusion.png, pareto.png)"
+    )
+    for line in findings(compared):
+        console.print(line, markup=False, highlight=False)
     return summary

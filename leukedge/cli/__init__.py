@@ -12,7 +12,7 @@ import os
 from leukedge.cli.common import app
 
 # Registered in the order `leukedge --help` lists them: the order of the work.
-COMMAND_MODULES = ("data", "train", "export", "run", "bench", "check", "demo")
+COMMAND_MODULES = ("data", "train", "export", "run", "bench", "check", "compare", "demo")
 for _name in COMMAND_MODULES:
     importlib.import_module(f"leukedge.cli.{_name}")
 

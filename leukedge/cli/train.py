@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -55,6 +56,10 @@ def _explicit(ctx: typer.Context) -> set[str]:
     return given
 
 
+if TYPE_CHECKING:
+    from leukedge.train.config import TrainConfig
+
+
 @app.command()
 @friendly_errors
 def train(
@@ -92,6 +97,13 @@ def train(
         None, help="masked | context (default: from the layout)."
     ),
     layout: str = typer.Option("auto", help="auto | cnmc | allidb2 | folders | synthetic"),
+    folds: int = typer.Option(
+        0,
+        "--folds",
+        help="K-fold cross-validation by subject: one run per fold under --out "
+        "(fold-0 ... fold-K-1), pooled out-of-fold predictions (oof.csv) and metrics "
+        "with 95% intervals. Re-run the same command to continue unfinished folds.",
+    ),
 ) -> None:
     """Train a classifier; writes spec.json, checkpoint.pt, split.json, history, plots, metrics.
 
@@ -125,6 +137,9 @@ def train(
     cfg.validate()  # every value, --data and --out checked before torch is imported
     if cfg.layout == "auto":
         detect_layout(cfg.data)
+    if folds:
+        _train_folds(cfg, folds)
+        return
     RunDir(out).check_target(resume)
     from leukedge.train.loop import train as run_training
 
@@ -141,6 +156,37 @@ def train(
         "metrics.json)"
     )
     console.print(f"next: leukedge export {out}")
+
+
+def _train_folds(cfg: TrainConfig, k: int) -> None:
+    from leukedge.progress import RichReporter
+    from leukedge.stats import METRICS
+    from leukedge.train.folds import train_folds
+
+    with RichReporter(console) as rep:
+        result = train_folds(cfg, k, reporter=rep)
+    table = Table(title=f"{k}-fold cross-validation ({result['split_unit']}-level folds)")
+    for col in ("metric", "per fold", "mean ± std", f"pooled, n={result['images']} [95% CI]"):
+        table.add_column(col, justify="right")
+    for m, label in METRICS.items():
+        table.add_row(
+            label,
+            " ".join(fmt(row[m], 3) for row in result["per_fold"]),
+            f"{fmt(result['mean'][m], 3)} ± {fmt(result['std'][m], 3)}",
+            _with_ci(result["pooled"][m]),
+        )
+    console.print(table)
+    console.print(
+        f"95% intervals: bootstrap over {result['bootstrap']['units']} "
+        f"{result['bootstrap']['unit']}s. Run dir [bold]{cfg.out}[/] (folds.json, fold-*/, "
+        f"oof.csv, metrics.json)"
+    )
+    console.print(f"next: leukedge compare {cfg.out} OTHER_RUN ...")
+
+
+def _with_ci(entry: dict) -> str:
+    lo, hi = entry["ci95"]
+    return f"{fmt(entry['estimate'], 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
 
 
 @app.command()

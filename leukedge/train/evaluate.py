@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from leukedge.data.records import Record
+from leukedge.data.records import Dataset, Record
 from leukedge.metrics import classification_metrics, softmax
+from leukedge.predictions import PredictionTable
 from leukedge.spec import ModelSpec
 from leukedge.train.dataset import CellDataset, make_loader
 
@@ -92,3 +93,14 @@ def metrics_of(pred: Predictions, spec: ModelSpec) -> dict[str, Any]:
     m = classification_metrics(pred.labels, softmax(pred.logits), spec.classes, spec.positive_index)
     m["loss"] = pred.loss
     return m
+
+
+def prediction_table(pred: Predictions, spec: ModelSpec, dataset: Dataset) -> PredictionTable:
+    """Per-image probabilities with file (relative to the data root), subject and label."""
+    return PredictionTable(
+        files=[dataset.relpath(r.path) for r in pred.records],
+        subjects=[r.subject for r in pred.records],
+        labels=pred.labels.astype(np.int64),
+        probs=softmax(pred.logits),
+        classes=list(spec.classes),
+    )

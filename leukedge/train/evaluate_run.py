@@ -8,9 +8,10 @@ from typing import Any
 from leukedge.data.layouts import load_dataset
 from leukedge.data.splits import SPLITS, Split, load_split
 from leukedge.io import atomic_write_json
+from leukedge.predictions import PREDICTIONS_FILE, write_predictions
 from leukedge.progress import Reporter
 from leukedge.rundir import RunDir, RunDirError
-from leukedge.train.evaluate import metrics_of, per_subject_accuracy, predict
+from leukedge.train.evaluate import metrics_of, per_subject_accuracy, predict, prediction_table
 from leukedge.train.loop import Distributed, resolve_device
 from leukedge.validate import MAX_BATCH, batch_memory, choice, integer
 
@@ -27,7 +28,9 @@ def evaluate_run(
     out: str | Path | None = None,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """Metrics (+ per-subject accuracy) of the run's best checkpoint; written as JSON.
+    """Metrics (+ per-subject accuracy) of the run's best checkpoint; written as JSON, with
+    the per-image probabilities beside it (``<out>.predictions.csv``; for the run's own
+    test split also ``RUN/predictions.csv``, which ``leukedge compare`` reads).
 
     With ``data`` of another dataset whose files are not in the run's split, every
     image of it is evaluated (``split`` must then be ``all`` or is treated so, and
@@ -90,6 +93,13 @@ def evaluate_run(
         "skipped_files": [{"path": p, "problem": why} for p, why in pred.errors],
     }
     out = Path(out) if out else run.path / f"eval_{dataset.layout}_{used}.json"
+    table = prediction_table(pred, spec, dataset)
+    predictions = [out.with_suffix(".predictions.csv")]
+    if used == "test" and data is None:  # the run's own test split: what compare reads
+        predictions.append(run.path / PREDICTIONS_FILE)
+    for path in predictions:
+        write_predictions(path, table)
+    result["predictions"] = [str(p) for p in predictions]
     atomic_write_json(out, result)
     result["written_to"] = str(out)
     return result

@@ -28,6 +28,7 @@ from leukedge.data.layouts import load_dataset
 from leukedge.data.records import Dataset, DatasetError, Record
 from leukedge.data.splits import Split, load_split, make_split
 from leukedge.io import atomic_write_json, atomic_write_text, sweep_stale_temps
+from leukedge.predictions import PREDICTIONS_FILE, write_predictions
 from leukedge.progress import Reporter
 from leukedge.rundir import CorruptRunError, RunDir
 from leukedge.rundir import RunExistsError as RunExistsError  # where callers have found it
@@ -40,7 +41,7 @@ from leukedge.train.checkpoint import (
 )
 from leukedge.train.config import LAYOUT_CROP_STYLE, TrainConfig, resume_differences
 from leukedge.train.dataset import CellDataset, make_loader
-from leukedge.train.evaluate import metrics_of, per_subject_accuracy, predict
+from leukedge.train.evaluate import metrics_of, per_subject_accuracy, predict, prediction_table
 from leukedge.train.models import build_model, count_parameters, default_spec, load_run_model
 from leukedge.train.plots import plot_confusion, plot_curves
 from leukedge.validate import UsageError
@@ -645,6 +646,7 @@ def finish_run(
         skipped.update(dict(pred.errors))
         result["test"] = metrics_of(pred, spec)
         result["test"]["per_subject"] = per_subject_accuracy(pred, spec.classes)
+        write_predictions(run.path / PREDICTIONS_FILE, prediction_table(pred, spec, dataset))
         plot_confusion(result["test"]["confusion"], spec.classes, run.path / "confusion.png")
     else:
         reporter.log(
