@@ -271,7 +271,7 @@ def build_engine(
             parity_images=parity_images,
             data=data,
         )
-    except EngineBuildError as e:
+    except (EngineBuildError, ValueError) as e:  # flags that cannot build: a usage error
         err_console.print(f"[bold red]error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
     console.print(_engines_table(outcomes))
