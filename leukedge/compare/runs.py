@@ -26,6 +26,8 @@ from leukedge.spec import ModelSpec
 class CompareError(ValueError):
     """Runs that cannot be compared as given; the message says what to do."""
 
+    exit_code = 2  # a usage error: other runs, or --align
+
 
 @dataclass
 class ModelRun:
