@@ -19,6 +19,19 @@ from leukedge.cli.common import (
 from leukedge.validate import MAX_BATCH
 
 
+def _check_backends(value: str | None) -> str | None:
+    """Names the bench knows: built-in ones and those registered with register_backend."""
+    if value is None:
+        return None
+    from leukedge.bench.backends import BenchError, parse_backends
+
+    try:
+        parse_backends(value)
+    except BenchError as e:
+        raise typer.BadParameter(str(e)) from None
+    return value
+
+
 def _batch_sizes(text: str) -> list[int]:
     try:
         sizes = [int(t) for t in text.split(",") if t.strip()]
@@ -45,7 +58,7 @@ def bench(
     data: Path | None = typer.Option(None, help="The run's data, if it moved (or on a Jetson)."),
     backends: str | None = typer.Option(
         None,
-        callback=params.backend("--backends", many=True),
+        callback=_check_backends,
         help="Comma list of torch, ort-fp32, ort-fp16, ort-int8, trt-fp32, trt-fp16, trt-int8, "
         "ort-*-cuda, qdq-int8-exact (default: every built-in; ort-*-cuda where ONNX Runtime "
         "has CUDA).",

@@ -63,19 +63,15 @@ def precisions(name: str = "--precision") -> Check:
     return _edge(name, check)
 
 
-def backend(name: str = "--backend", many: bool = False) -> Check:
-    """One backend name (or a comma list with ``many``) as ``leukedge bench`` names them."""
+def backend(name: str = "--backend") -> Check:
+    """One backend name as ``leukedge bench`` names them (auto, ort, trt, ort-int8, ...)."""
     from leukedge.artifacts import parse_backend
 
     def check(text: str) -> str:
-        names = [t for t in text.split(",") if t.strip()] if many else [text]
-        if not names:
-            raise validate.UsageError(f"{name} names no backend")
-        for n in names:
-            try:
-                parse_backend(n)
-            except ValueError as e:
-                raise validate.UsageError(str(e)) from None
+        try:
+            parse_backend(text)
+        except ValueError as e:
+            raise validate.UsageError(str(e)) from None
         return text
 
     return _edge(name, check)
