@@ -3,7 +3,8 @@
 For every run dir given: ``leukedge.export.export_run`` (or the files already in
 ``RUN/export`` with ``--reuse``), parity of FP32/FP16/INT8 ONNX against PyTorch on the
 run's *test* split (agreement, max/mean |Δlogit|, accuracy change; INT8 also as exact
-Q/DQ arithmetic), and batch-1 CPU latency of PyTorch eager, ONNX Runtime FP32 and ONNX
+Q/DQ arithmetic) and whether TensorRT's ONNX parser takes each file (the export's own
+check, :mod:`leukedge.export.trt_compat`), and batch-1 CPU latency of PyTorch eager, ONNX Runtime FP32 and ONNX
 Runtime INT8 measured side by side: one warm-up phase, then every iteration runs each
 backend once in rotating order on the same image, so a load spike on a shared machine
 hits all three alike. Medians of many iterations; torch and ONNX Runtime get the same
@@ -15,6 +16,8 @@ would steal the cores of the other in an interleaved run.
         --iterations 200 --threads 2
 
 Writes ``benchmarks/results/export.json`` and ``export.md`` (with the machine).
+``--baseline OLD/export.json`` puts the INT8 figures of an earlier run of this script
+(say, the same checkpoints exported by an earlier leukedge) beside the new ones.
 """
 
 from __future__ import annotations
@@ -65,6 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=200, help="timed iterations per backend")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="an earlier export.json of this script: its INT8 figures side by side",
+    )
+    p.add_argument("--baseline-label", default="baseline", help="what the baseline was")
     return p.parse_args(argv)
 
 
@@ -188,6 +198,23 @@ def summarize(ms: list[float]) -> dict[str, float]:
 # --- report ----------------------------------------------------------------------------
 
 
+TRAINING_KEYS = ("model", "img_size", "epochs", "batch_size", "lr", "patience", "seed")
+
+
+def training(run: Path) -> dict[str, Any]:
+    """The training settings the figures belong to, and how far training went."""
+    rd = RunDir(run)
+    config = rd.config() if rd.config_path.is_file() else {}
+    metrics_path = run / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return {
+        **{k: config.get(k) for k in TRAINING_KEYS},
+        "epochs_run": metrics.get("epochs_run"),
+        "best_epoch": metrics.get("best_epoch"),
+        "split_unit": metrics.get("split_unit") or config.get("split"),
+    }
+
+
 def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     record = ensure_export(run, args)
     files = record["files"]
@@ -195,6 +222,7 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
         "run": str(run),
         "arch": record["arch"],
         "input_size": record["input_size"],
+        "training": training(run),
         "files": {
             p: {
                 "size_bytes": e["size_bytes"],
@@ -202,8 +230,14 @@ def bench_run(run: Path, args: argparse.Namespace) -> dict[str, Any]:
                 "seconds": e.get("export_seconds")
                 or e.get("convert_seconds")
                 or e.get("quantize_seconds"),
+                "tensorrt_compatible": e.get("tensorrt_compatible"),
+                "tensorrt_issues": e.get("tensorrt_issues"),
             }
             for p, e in files.items()
+        },
+        "int8_layout": {
+            "settings": files["int8"].get("settings"),
+            "residual_adds_quantized": files["int8"].get("residual_adds_quantized"),
         },
         "calibration": files["int8"].get("calibration"),
         "export_warnings": record.get("warnings", []),
@@ -222,11 +256,25 @@ def markdown(result: dict[str, Any]) -> str:
         markdown_machine(m),
         f"- Load average at start: {m['load_average_at_start']}",
         "",
+        "## Runs",
+        "",
+        "| model | px | epochs (run, best) | batch | lr | seed | split | calibration |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        t, cal = r["training"], r.get("calibration") or {}
+        lines.append(
+            f"| {r['arch']} | {r['input_size']} | {t['epochs']} ({t['epochs_run']}, "
+            f"{t['best_epoch']}) | {t['batch_size']} | {t['lr'] or 'default'} | {t['seed']}"
+            f" | by {t['split_unit']} | {cal.get('method')} on {cal.get('images')} val images |"
+        )
+    lines += [
+        "",
         "## Files and parity against PyTorch",
         "",
         "| model | px | file | MB | made in s | split n | agreement | max abs Δ | mean abs Δ"
-        " | Δ accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " | Δ accuracy | TensorRT parses |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         par = r["parity"]
@@ -238,10 +286,11 @@ def markdown(result: dict[str, Any]) -> str:
                     f"| {r['arch']} | {r['input_size']} | {label} | {f['size_bytes'] / 1e6:.1f}"
                     f" | {f['seconds'] if f['seconds'] is not None else '-'} | {par['n']}"
                     f" | {q['agreement']:.4f} | {q['max_abs_diff']:.3g} | {q['mean_abs_diff']:.3g}"
-                    f" | {q.get('accuracy_delta', float('nan')):+.4f} |"
+                    f" | {q.get('accuracy_delta', float('nan')):+.4f} | {_parses(f)} |"
                 )
     lines += [
         "",
+        *baseline_markdown(result),
         "## CPU latency, batch 1 (ms, median / p90; interleaved, no thread spinning)",
         "",
         "| model | px | threads | " + " | ".join(LATENCY_BACKENDS) + " |",
@@ -255,12 +304,102 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "INT8 parity is given twice: as ONNX Runtime runs it on this CPU (its fused int8 kernels"
-        " saturate 16-bit sums on x86 without VNNI) and as exact Q/DQ arithmetic (graph"
-        " optimisations off), which is what TensorRT and VNNI/ARM kernels compute.",
+        "INT8 parity is given twice: as ONNX Runtime runs it on this CPU and as exact Q/DQ"
+        " arithmetic (graph optimisations off), which is what TensorRT and VNNI/ARM kernels"
+        " compute. The INT8 files are laid out for TensorRT (Q/DQ on the inputs of weighted ops"
+        " only, float biases, float logits): ONNX Runtime's QLinearConv needs a Q after each Conv,"
+        " so on a CPU it runs the convolutions in float on dequantized values and ort-int8 is no"
+        " faster than ort-fp32 there.",
         "",
     ]
-    return "\n".join(lines)
+    load, cpus = m.get("load_average_at_start"), m.get("cpu_cores") or 1
+    if load and load[0] > cpus:
+        lines.append(
+            f"- The machine was shared while this ran (load average {load[0]:.1f} on {cpus}"
+            " logical CPUs): latencies are slow and noisy; compare backends within a row only"
+            " (they ran interleaved)."
+        )
+    for r in result["runs"]:
+        layout = r.get("int8_layout") or {}
+        if layout.get("residual_adds_quantized"):
+            lines.append(
+                f"- {r['arch']}: {layout['residual_adds_quantized']} residual Adds with the skip"
+                " input quantized for Conv+Add fusion."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def baseline_int8(path: Path, label: str) -> dict[str, Any]:
+    """The INT8 parity and latency of an earlier result file, by model."""
+    data = json.loads(path.read_text())
+    return {
+        "label": label,
+        "created": data.get("created"),
+        "runs": {
+            r["arch"]: {
+                "input_size": r["input_size"],
+                "int8": r["parity"]["files"].get("int8", {}),
+                "ort_int8_ms": r["latency"]["ms"].get("ort-int8", {}).get("p50"),
+            }
+            for r in data["runs"]
+        },
+    }
+
+
+def baseline_markdown(result: dict[str, Any]) -> list[str]:
+    base = result.get("baseline")
+    if not base:
+        return []
+    lines = [
+        f"## INT8 against {base['label']} (measured {base['created']})",
+        "",
+        "| model | px | n | ORT agreement | ORT max abs Δ | exact agreement | exact max abs Δ"
+        " | exact mean abs Δ | exact Δ accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    for r in result["runs"]:
+        old = base["runs"].get(r["arch"])
+        if not old or old["input_size"] != r["input_size"]:
+            continue
+        new = r["parity"]["files"].get("int8", {})
+        o_ort, n_ort = old["int8"].get("ort_cpu", {}), new.get("ort_cpu", {})
+        o_ex, n_ex = old["int8"].get("qdq_reference", {}), new.get("qdq_reference", {})
+        lines.append(
+            f"| {r['arch']} | {r['input_size']} | {r['parity']['n']}"
+            f" | {pair(o_ort.get('agreement'), n_ort.get('agreement'), '.4f')}"
+            f" | {pair(o_ort.get('max_abs_diff'), n_ort.get('max_abs_diff'), '.3g')}"
+            f" | {pair(o_ex.get('agreement'), n_ex.get('agreement'), '.4f')}"
+            f" | {pair(o_ex.get('max_abs_diff'), n_ex.get('max_abs_diff'), '.3g')}"
+            f" | {pair(o_ex.get('mean_abs_diff'), n_ex.get('mean_abs_diff'), '.3g')}"
+            f" | {pair(o_ex.get('accuracy_delta'), n_ex.get('accuracy_delta'), '+.4f')} |"
+        )
+    lines.append("")
+    lines.append(
+        "Latencies of the two runs are not compared: they were measured at different times"
+        f" on a shared machine (the baseline's ort-int8 p50 in ms: {_baseline_ms(base)})."
+    )
+    return [*lines, ""]
+
+
+def _baseline_ms(base: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{arch} {run['ort_int8_ms']:.2f}"
+        for arch, run in base["runs"].items()
+        if run.get("ort_int8_ms") is not None
+    )
+
+
+def pair(old: Any, new: Any, spec: str) -> str:
+    """``old → new``, each formatted with ``spec`` ('-' where missing)."""
+    return " → ".join("-" if v is None else format(v, spec) for v in (old, new))
+
+
+def _parses(f: dict[str, Any]) -> str:
+    ok = f.get("tensorrt_compatible")
+    if ok is None:
+        return "-"
+    return "yes" if ok else "no: " + "; ".join(f.get("tensorrt_issues") or [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
         },
         "runs": [],
+        "baseline": baseline_int8(args.baseline, args.baseline_label) if args.baseline else None,
     }
     for run in args.runs:
         print(f"[export_bench] {run}", flush=True)

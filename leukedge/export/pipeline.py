@@ -177,7 +177,7 @@ def export_run(
     if blocked:
         raise TensorRTIncompatibleError(
             "TensorRT's ONNX parser would refuse "
-            + "; ".join(f"{name}: {', '.join(reasons)}" for name, reasons in blocked.items())
+            + "; ".join(f"{name}: {'; '.join(reasons)}" for name, reasons in blocked.items())
             + f" (written anyway, see {record_path}; pass --allow-incompatible to accept it)"
         )
     return record
