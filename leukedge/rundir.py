@@ -96,7 +96,8 @@ class RunDir:
         if p.exists() and not p.is_dir():
             raise RunDirError(f"--out {p} is a file, not a folder")
         if resume:
-            if not self.is_run() or not self.last_path.is_file():
+            # spec.json without last.pt is a run prepared to start (a --folds fold).
+            if not self.is_run():
                 raise RunDirError(
                     f"nothing to resume in {p}: no finished epoch there (spec.json and last.pt "
                     "are written after the first one); start the run again without --resume"
