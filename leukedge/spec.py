@@ -33,6 +33,8 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 # Normalisation of pixels in [0, 1]: a std below MIN_STD turns them into huge numbers.
 MAX_ABS_MEAN = 10.0
 MIN_STD, MAX_STD = 1e-3, 100.0
+STAIN_NORMS = ("none", "reinhard", "macenko")
+FEATURES_NAME = "features"  # optional second ONNX output: the penultimate features
 
 
 class SpecError(ValueError):
@@ -50,6 +52,13 @@ class ModelSpec:
     its surroundings as in ALL-IDB2) and ``cell_fraction`` how large the cell was
     relative to the crop side, so the runtime crops cells from camera frames the
     way the model saw them.
+
+    ``stain_norm`` re-colours every crop to ``stain_reference`` (statistics of the
+    training split) before resizing's output is normalised. ``temperature`` divides the
+    logits before softmax (fitted on the validation split, so probabilities mean what
+    they say); ``operating_point`` is the classifier's measured sensitivity and
+    specificity on held-out cells, which the runtime uses to correct blast counts.
+    Specs written before these fields existed load with the neutral defaults.
     """
 
     arch: str
@@ -65,6 +74,10 @@ class ModelSpec:
     cell_fraction: float = 0.6
     backbone: str | None = None
     dataset: str | None = None
+    stain_norm: str = "none"
+    stain_reference: dict[str, Any] | None = None
+    temperature: float = 1.0
+    operating_point: dict[str, Any] | None = None
     version: int = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -74,6 +87,7 @@ class ModelSpec:
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         self.cell_fraction = float(self.cell_fraction)
+        self.temperature = float(self.temperature)
         self.validate()
 
     def _check_types(self) -> None:
@@ -101,6 +115,11 @@ class ModelSpec:
                 raise SpecError(f"{name} needs 3 numbers (one per channel), got {values!r}")
         if not _is_number(self.cell_fraction):
             raise SpecError(f"cell_fraction must be a number, got {self.cell_fraction!r}")
+        if not _is_number(self.temperature):
+            raise SpecError(f"temperature must be a number, got {self.temperature!r}")
+        for name in ("stain_reference", "operating_point"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise SpecError(f"{name} must be an object or null, got {getattr(self, name)!r}")
         if not isinstance(self.extra, dict):
             raise SpecError(f"extra must be an object, got {self.extra!r}")
 
@@ -127,6 +146,10 @@ class ModelSpec:
             raise SpecError(f"cell_fraction must be in [0.05, 1], got {self.cell_fraction}")
         if self.version < 1:
             raise SpecError(f"spec version must be >= 1, got {self.version}")
+        if self.stain_norm != "none" and not self.stain_reference:
+            raise SpecError(f"stain_norm {self.stain_norm!r} needs stain_reference statistics")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise SpecError(f"temperature must be a positive number, got {self.temperature}")
         if self.version > SPEC_VERSION:
             raise SpecError(
                 f"spec version {self.version} is newer than this leukedge understands "
@@ -204,6 +227,7 @@ _CHOICES = {
     "resize": RESIZE_RULES,
     "interpolation": INTERPOLATIONS,
     "crop_style": CROP_STYLES,
+    "stain_norm": STAIN_NORMS,
 }
 
 

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from leukedge.imaging.images import to_bgr_uint8
+from leukedge.imaging.stain import normalise_stain, stain_stats
 from leukedge.spec import ModelSpec
 from leukedge.validate import MAX_CROP_SIDE
 
@@ -73,10 +74,20 @@ def normalize(image_bgr: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def model_pixels(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Any decoded image -> 8-bit BGR at input size in the spec's stain stains.
+
+    What the model sees before scaling: training augments these pixels, evaluation and
+    the runtime normalise them as they are. Stain normalisation runs after the resize,
+    on the few thousand pixels the model sees, so the runtime pays little for it.
+    """
+    small = resize_to_input(to_bgr_uint8(image), spec)
+    return normalise_stain(small, spec.stain_norm, spec.stain_reference)
+
+
 def preprocess(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Any decoded image -> float32 (3, S, S) tensor for the model described by ``spec``."""
-    bgr = to_bgr_uint8(image)
-    return normalize(resize_to_input(bgr, spec), spec)
+    return normalize(model_pixels(image, spec), spec)
 
 
 def preprocess_batch(images: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarray:
@@ -85,6 +96,26 @@ def preprocess_batch(images: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarra
     for i, image in enumerate(images):
         out[i] = preprocess(image, spec)
     return out
+
+
+def prepare(image: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`preprocess` plus the crop's stain statistics before stain normalisation.
+
+    The statistics (:func:`~leukedge.imaging.stain.stain_stats`) are what the
+    domain-shift score compares with the training crops; they share the resize.
+    """
+    small = resize_to_input(to_bgr_uint8(image), spec)
+    x = normalize(normalise_stain(small, spec.stain_norm, spec.stain_reference), spec)
+    return x, stain_stats(small)
+
+
+def prepare_batch(images: Sequence[np.ndarray], spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Images -> float32 (N, 3, S, S) and their stain statistics (N, 6)."""
+    x = np.empty((len(images), *spec.input_shape), dtype=np.float32)
+    stains = np.empty((len(images), 6), dtype=np.float64)
+    for i, image in enumerate(images):
+        x[i], stains[i] = prepare(image, spec)
+    return x, stains
 
 
 def crop_side_for(diameter_px: float, spec: ModelSpec) -> int:

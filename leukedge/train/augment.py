@@ -3,7 +3,10 @@
 The paper's set (rotation, flips, zoom, brightness, contrast) plus a per-channel
 gain (stains and white balance differ between labs and slides) as one affine
 warp and one linear intensity change, done in OpenCV at the model's input size so it
-is cheap on a CPU. The result goes through the same ``normalize`` as evaluation
+is cheap on a CPU. Optionally (``hed``) the stain concentrations are jittered too
+(Tellez et al. 2018): a model that has seen many stain intensities relies less on
+one lab's colours. Augmentation starts from the stain-normalised pixels of
+:func:`~leukedge.imaging.preprocess.model_pixels`. The result goes through the same ``normalize`` as evaluation
 images, so the only difference between train and eval inputs is the
 augmentation itself. Randomness comes from a generator seeded by (seed, epoch,
 index): a resumed run sees exactly the images an uninterrupted run would.
@@ -16,7 +19,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from leukedge.imaging.preprocess import resize_to_input
+from leukedge.imaging.preprocess import model_pixels
+from leukedge.imaging.stain import hed_jitter
 from leukedge.spec import ModelSpec
 
 
@@ -29,6 +33,9 @@ class AugmentConfig:
     brightness: float = 0.15  # added offset, fraction of 255
     contrast: float = 0.15  # multiplicative change around the mean
     color: float = 0.08  # per-channel gain in [1 - color, 1 + color]
+    hed: bool = False  # HED stain-concentration jitter
+    hed_alpha: float = 0.25  # concentration scale in [1 - alpha, 1 + alpha]
+    hed_beta: float = 0.02  # concentration shift in [-beta, beta] (skimage HED units)
 
 
 def augment(
@@ -38,7 +45,9 @@ def augment(
     cfg: AugmentConfig = AugmentConfig(),
 ) -> np.ndarray:
     """One random view of a cell image at the model's input size (8-bit BGR)."""
-    img = resize_to_input(image_bgr, spec)
+    img = model_pixels(image_bgr, spec)
+    if cfg.hed:
+        img = hed_jitter(img, rng, cfg.hed_alpha, cfg.hed_beta)
     s = spec.input_size
     angle = float(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
     scale = float(rng.uniform(*cfg.zoom))
