@@ -132,6 +132,25 @@ def confusion_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+def shift_line(shift: dict[str, Any]) -> str:
+    if not shift.get("available"):
+        return f"not measured ({shift.get('reason', 'no score')})"
+    n, frac = shift["cells_scored"], shift["flagged_fraction"]
+    if not n or frac is None:
+        return "no cells scored"
+    lo, hi = shift["ci95"]
+    return (
+        f"{shift['flagged']} of {n} cells unlike the training data ({frac:.0%}, 95% CI "
+        f"{lo:.0%}-{hi:.0%}; ~5% expected on the training lab's own cells)"
+    )
+
+
+def print_shift_warning(shift: dict[str, Any]) -> None:
+    """The domain-shift warning, loud, on stderr (also when --json keeps stdout for data)."""
+    if shift.get("warning"):
+        err_console.print(f"[bold red]warning:[/] {escape(shift['warning'])}")
+
+
 @app.callback(invoke_without_command=True)
 def _main(
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),

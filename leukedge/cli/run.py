@@ -17,6 +17,8 @@ from leukedge.cli.common import (
     fmt,
     friendly_errors,
     print_json,
+    print_shift_warning,
+    shift_line,
 )
 from leukedge.validate import MAX_BATCH
 
@@ -35,6 +37,21 @@ def _run_table(summary: dict[str, Any]) -> Table:
     else:
         lo, hi = br["ci95"]
         table.add_row("blast ratio", f"{br['ratio']:.3f}  (95% CI {lo:.3f}-{hi:.3f}, Wilson)")
+    adj = summary.get("blast_ratio_adjusted") or {}
+    if adj.get("ratio") is not None:
+        lo, hi = adj["ci95"]
+        table.add_row(
+            "adjusted",
+            f"{adj['ratio']:.3f}  (95% CI {lo:.3f}-{hi:.3f}; corrected for sensitivity "
+            f"{adj['tpr']:.2f} and false-positive rate {adj['fpr']:.2f})",
+        )
+    elif adj.get("reason"):
+        table.add_row("adjusted", f"- ({adj['reason']})")
+    cal = summary.get("calibration") or {}
+    if cal:
+        lo_b, hi_b = cal["uncertain_band"]
+        table.add_row("unsure", f"{cal['uncertain']} cells with P(ALL) in [{lo_b}, {hi_b}]")
+    table.add_row("domain shift", shift_line(summary.get("domain_shift") or {}))
     fps = summary["throughput"]["frames_per_s"]
     table.add_row("frames/s", fmt(fps, 2))
     b = summary["backend"]
@@ -157,6 +174,7 @@ def run_command(
             )
     finally:
         src.close()
+    print_shift_warning(summary.get("domain_shift") or {})
     if as_json:
         print_json(summary)
     else:

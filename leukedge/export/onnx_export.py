@@ -43,7 +43,8 @@ import onnx
 from onnx import numpy_helper
 
 from leukedge.io import atomic_path
-from leukedge.spec import INPUT_NAME, ONNX_METADATA_KEY, OUTPUT_NAME, ModelSpec
+from leukedge.runtime.shift import ONNX_SHIFT_KEY, ShiftModel
+from leukedge.spec import FEATURES_NAME, INPUT_NAME, ONNX_METADATA_KEY, OUTPUT_NAME, ModelSpec
 from leukedge.validate import UsageError
 
 if TYPE_CHECKING:
@@ -82,8 +83,16 @@ def export_onnx(
     spec: ModelSpec,
     path: str | Path,
     opset: int = MIN_DYNAMO_OPSET,
+    features: bool = True,
+    shift: ShiftModel | None = None,
 ) -> OnnxExport:
-    """Export ``model`` (eval mode, CPU, fp32) to ``path`` atomically and check the graph."""
+    """Export ``model`` (eval mode, CPU, fp32) to ``path`` atomically and check the graph.
+
+    With ``features`` the file has a second output, ``features`` (N, D): the
+    penultimate features the domain-shift score is computed from, from the same pass
+    as the logits. ``shift`` (the run's fitted shift model) is embedded in the file's
+    metadata next to the spec, so the ``.onnx`` alone can score domain shift.
+    """
     notes: list[str] = []
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset >= 17")
@@ -98,9 +107,12 @@ def export_onnx(
         )
         opset = MIN_DYNAMO_OPSET
     start = time.perf_counter()
-    proto = trace_to_onnx(model, spec, opset)
+    proto = trace_to_onnx(model, spec, opset, features)
     proto = clean_graph(proto)
+    own_outputs(proto)
     embed_spec(proto, spec)
+    if shift is not None:
+        embed_shift(proto, shift)
     onnx.checker.check_model(proto, full_check=True)
     problems = graph_problems(proto)
     if problems:
@@ -123,12 +135,26 @@ def max_opset() -> int:
     return int(min(torch_max, onnx.defs.onnx_opset_version()))
 
 
-def trace_to_onnx(model: nn.Module, spec: ModelSpec, opset: int) -> onnx.ModelProto:
-    """Run the dynamo exporter with a dynamic batch and fold every constant subgraph."""
+def trace_to_onnx(
+    model: nn.Module, spec: ModelSpec, opset: int, features: bool = False
+) -> onnx.ModelProto:
+    """Run the dynamo exporter with a dynamic batch and fold every constant subgraph.
+
+    With ``features`` the graph answers the logits and the penultimate features.
+    """
+    model = model.eval().float().cpu()
+    if features:
+        from leukedge.train.features import answering_features
+
+        with answering_features(model):
+            return _trace(model, spec, opset, [OUTPUT_NAME, FEATURES_NAME])
+    return _trace(model, spec, opset, [OUTPUT_NAME])
+
+
+def _trace(model: nn.Module, spec: ModelSpec, opset: int, outputs: list[str]) -> onnx.ModelProto:
     import onnxscript
     import torch
 
-    model = model.eval().float().cpu()
     example = torch.zeros(2, *spec.input_shape, dtype=torch.float32)
     batch = torch.export.Dim(BATCH_DIM, min=1, max=4096)
     arg_name = _first_arg_name(model)
@@ -142,7 +168,7 @@ def trace_to_onnx(model: nn.Module, spec: ModelSpec, opset: int) -> onnx.ModelPr
                 dynamo=True,
                 opset_version=opset,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=outputs,
                 dynamic_shapes={arg_name: {0: batch}},
                 optimize=False,
                 external_data=False,
@@ -242,6 +268,31 @@ def _spatial_pads_for_maxpool(
     return [amounts[2], amounts[3], amounts[6], amounts[7]]
 
 
+def own_outputs(proto: onnx.ModelProto) -> int:
+    """Give each graph output that other nodes also read its own Identity node.
+
+    The ``features`` output is also the classifier head's input, which INT8
+    quantizes; a graph output must not be written by a Q/DQ node (TensorRT keeps
+    network outputs float), so the output is a copy taken beside the head's input.
+    Returns the number of outputs given an Identity.
+    """
+    graph = proto.graph
+    read = {i for n in graph.node for i in n.input}
+    done = 0
+    for out in graph.output:
+        if out.name not in read:
+            continue
+        inner = f"{out.name}/inner"
+        for node in graph.node:
+            node.output[:] = [inner if o == out.name else o for o in node.output]
+            node.input[:] = [inner if i == out.name else i for i in node.input]
+        graph.node.append(
+            onnx.helper.make_node("Identity", [inner], [out.name], f"{out.name}/Identity")
+        )
+        done += 1
+    return done
+
+
 def drop_unused_initializers(proto: onnx.ModelProto) -> None:
     used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
     unused = [t for t in proto.graph.initializer if t.name not in used]
@@ -307,6 +358,14 @@ def embed_spec(proto: onnx.ModelProto, spec: ModelSpec) -> None:
     proto.doc_string = f"leukedge {spec.arch} classifier, classes {spec.classes}"
 
 
+def embed_shift(proto: onnx.ModelProto, shift: ShiftModel) -> None:
+    """Put the domain-shift model in ``metadata_props`` (base64 of its ``.npz``)."""
+    props = {p.key: p.value for p in proto.metadata_props if p.key != ONNX_SHIFT_KEY}
+    props[ONNX_SHIFT_KEY] = shift.to_text()
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+
+
 def onnx_opset(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
@@ -316,9 +375,13 @@ def graph_problems(proto: onnx.ModelProto) -> list[str]:
     g = proto.graph
     problems = []
     inputs = [i for i in g.input if i.name not in {t.name for t in g.initializer}]
-    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in g.output] != [OUTPUT_NAME]:
+    outputs = [o.name for o in g.output]
+    if [i.name for i in inputs] != [INPUT_NAME] or outputs not in (
+        [OUTPUT_NAME],
+        [OUTPUT_NAME, FEATURES_NAME],
+    ):
         problems.append(
-            f"I/O must be {INPUT_NAME} -> {OUTPUT_NAME}, got "
+            f"I/O must be {INPUT_NAME} -> {OUTPUT_NAME}[, {FEATURES_NAME}], got "
             f"{[i.name for i in inputs]} -> {[o.name for o in g.output]}"
         )
     for vi in list(inputs) + list(g.output):

@@ -60,7 +60,8 @@ from leukedge.export.parity import (
 from leukedge.export.parityset import DEFAULT_IMAGES, write_parity_set
 from leukedge.io import is_disk_full, sha256_file, sweep_stale_temps
 from leukedge.rundir import RunDir, RunDirError
-from leukedge.spec import ModelSpec
+from leukedge.runtime.shift import SHIFT_FILE, find_shift_model
+from leukedge.spec import FEATURES_NAME, OUTPUT_NAME, ModelSpec
 from leukedge.validate import UnsafePathError, inside_root, integer
 
 EXPORT_JSON_VERSION = 1
@@ -139,7 +140,9 @@ def export_run(
         try:
             if precision == "fp32":
                 tell("export fp32", 0, 1)
-                files["fp32"] = _export_fp32(model, spec, fp32_path, opset, warnings)
+                files["fp32"] = _export_fp32(
+                    model, spec, fp32_path, opset, warnings, run, checkpoint_sha
+                )
                 tell("export fp32", 1, 1)
             elif precision == "fp16":
                 tell("convert fp16", 0, 1)
@@ -269,9 +272,22 @@ def _previous(out_dir: Path, checkpoint_sha: str) -> dict[str, dict[str, Any]]:
 
 
 def _export_fp32(
-    model: Any, spec: ModelSpec, path: Path, opset: int, warnings: list[str]
+    model: Any,
+    spec: ModelSpec,
+    path: Path,
+    opset: int,
+    warnings: list[str],
+    run: RunDir,
+    checkpoint_sha: str,
 ) -> dict[str, Any]:
-    result = export_onnx(model, spec, path, opset)
+    shift = find_shift_model(run.path)
+    if shift is not None and shift.info.get("checkpoint_sha256") != checkpoint_sha:
+        warnings.append(
+            f"{SHIFT_FILE} was fitted on another checkpoint: not embedded, so the runtime "
+            "reports no domain-shift score (retrain to refit it)"
+        )
+        shift = None
+    result = export_onnx(model, spec, path, opset, shift=shift)
     warnings += result.warnings
     batches = batch_check(path, model, spec)
     worst = max(batches.values())
@@ -283,6 +299,8 @@ def _export_fp32(
         "export_seconds": round(result.seconds, 3),
         "graph": result.graph,
         "batch_check_max_abs_diff": batches,
+        "outputs": [OUTPUT_NAME, FEATURES_NAME],
+        "domain_shift_embedded": shift is not None,
     }
 
 

@@ -21,9 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from leukedge.runtime.backends.base import Backend, BackendError, infer_in_batches
+from leukedge.runtime.backends.base import (
+    Backend,
+    BackendError,
+    infer_in_batches,
+    infer_outputs_in_batches,
+)
 from leukedge.runtime.backends.resolve import Candidate, resolve_candidates
 from leukedge.runtime.backends.timing import StopRule, interleave, timed_call
+from leukedge.runtime.shift import ShiftModel, ShiftModelError, find_shift_model
 from leukedge.spec import ModelSpec
 from leukedge.validate import UsageError, batch_memory
 
@@ -185,11 +191,16 @@ class Classifier:
     """Crops of cells (8-bit BGR, any size) -> logits or probabilities of ``spec.classes``."""
 
     def __init__(
-        self, backend: Backend, selection: Selection | None = None, batch_size: int = 32
+        self,
+        backend: Backend,
+        selection: Selection | None = None,
+        batch_size: int = 32,
+        shift: ShiftModel | None = None,
     ) -> None:
         self.backend = backend
         self.spec: ModelSpec = backend.spec
         self.batch_size = batch_size
+        self.shift = shift
         self.selection = selection or Selection(
             chosen=backend.name, artifact="", reason="backend given by the caller"
         )
@@ -217,7 +228,12 @@ class Classifier:
         selection.notes = notes
         if len(candidates) == 1 and unavailable:
             selection.reason = "the only candidate that can run here"
-        return cls(chosen, selection, batch_size=max(batch, 1))
+        try:
+            shift = find_shift_model(model)
+        except ShiftModelError as e:
+            selection.notes.append(f"no domain-shift score: {e}")
+            shift = None
+        return cls(chosen, selection, batch_size=max(batch, 1), shift=shift)
 
     @property
     def classes(self) -> list[str]:
@@ -235,15 +251,16 @@ class Classifier:
         """
         from leukedge.imaging.preprocess import preprocess_batch
 
-        crops = list(crops)
-        for i, crop in enumerate(crops):
-            shape = np.shape(crop)
-            if len(shape) < 2 or shape[0] == 0 or shape[1] == 0:
-                raise EmptyCropError(
-                    f"crop {i} has no pixels (shape {shape}); cut the cell with a box of at "
-                    "least 1x1 pixels, or leave it out"
-                )
-        return preprocess_batch(crops, self.spec)
+        return preprocess_batch(checked_crops(crops), self.spec)
+
+    def prepare(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Crops -> (N, 3, S, S) tensor and (N, 6) stain statistics for the shift score.
+
+        Empty crops raise :class:`EmptyCropError` as in :meth:`preprocess`.
+        """
+        from leukedge.imaging.preprocess import prepare_batch
+
+        return prepare_batch(checked_crops(crops), self.spec)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed (N, 3, S, S) -> float32 logits (N, C), in batches the backend accepts."""
@@ -258,12 +275,38 @@ class Classifier:
             )
         return logits
 
+    def infer_outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and penultimate features (None when the model file has no ``features``)."""
+        if len(x) == 0:
+            return np.zeros((0, self.spec.num_classes), dtype=np.float32), None
+        return infer_outputs_in_batches(self.backend, x, self.batch_size)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities: softmax of the logits over the spec's temperature."""
+        return probabilities(logits, self.spec.temperature)
+
     def logits(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         return self.infer(self.preprocess(crops))
 
     def predict(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """Probabilities (N, num_classes), float32; rows follow ``spec.classes``."""
-        return probabilities(self.logits(crops))
+        """Calibrated probabilities (N, num_classes), float32; rows follow ``spec.classes``."""
+        return self.probabilities(self.logits(crops))
+
+    def shift_scores(
+        self, features: np.ndarray | None, stains: np.ndarray | None
+    ) -> tuple[np.ndarray | None, str | None]:
+        """Domain-shift score per cell (1.0 = threshold), or None and the reason there is none."""
+        if self.shift is None:
+            return None, "the model has no domain-shift record (train it with this leukedge)"
+        if features is None:
+            return None, (
+                "the model file has no 'features' output (exported before domain-shift "
+                "scores; re-export it with `leukedge export`)"
+            )
+        try:
+            return self.shift.scores(features, stains), None
+        except ShiftModelError as e:
+            return None, str(e)
 
     def close(self) -> None:
         self.backend.close()
@@ -278,11 +321,24 @@ class Classifier:
         return f"Classifier({self.backend.name}, classes={self.spec.classes})"
 
 
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    """Softmax over classes, float32; an empty input stays empty."""
+def checked_crops(crops: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The crops as a list; a crop without pixels raises :class:`EmptyCropError`."""
+    out = list(crops)
+    for i, crop in enumerate(out):
+        shape = np.shape(crop)
+        if len(shape) < 2 or shape[0] == 0 or shape[1] == 0:
+            raise EmptyCropError(
+                f"crop {i} has no pixels (shape {shape}); cut the cell with a box of at "
+                "least 1x1 pixels, or leave it out"
+            )
+    return out
+
+
+def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Softmax over classes of ``logits / temperature``, float32; an empty input stays empty."""
     from leukedge.metrics import softmax
 
     z = np.asarray(logits, dtype=np.float32)
     if z.size == 0:
         return z.reshape(0, z.shape[-1] if z.ndim == 2 else 0)
-    return softmax(z).astype(np.float32)
+    return softmax(z / np.float32(temperature)).astype(np.float32)

@@ -43,6 +43,8 @@ from leukedge.io import (
     json_text,
     write_all,
 )
+from leukedge.runtime.calibration import UNCERTAIN_BAND, adjusted_ratio
+from leukedge.runtime.shift import summarise_flags, unavailable
 from leukedge.runtime.stats import STAGES, Totals, blast_ratio
 
 if TYPE_CHECKING:
@@ -60,6 +62,11 @@ COUNT_NOTE = (
     "counts are per detection: on a video or camera a cell seen in several frames counts in "
     "each; edge cells (touches_edge) are counted and listed, their class is less certain"
 )
+UNCERTAIN_NOTE = (
+    "probabilities are temperature-scaled (fitted on the validation split); cells whose ALL "
+    "probability lies within uncertain_band are unsure: counted in by_class and here, and left "
+    "out of blast_ratio_sure"
+)
 LATENCY_NOTE = (
     "capture, find and preprocess are per frame, infer per batch of cells; end_to_end runs "
     "from starting to read a frame to its results being written, queue waits included"
@@ -73,9 +80,17 @@ def cell_record(
     cell: Any,
     classes: list[str],
     probs: np.ndarray,
+    positive_index: int = 1,
+    shift_score: float | None = None,
 ) -> dict[str, Any]:
-    """One cells.jsonl line: where the cell is, its class and every class probability."""
+    """One cells.jsonl line: where the cell is, its class and every (calibrated) probability.
+
+    ``uncertain``: the positive-class probability is within the unsure band;
+    ``shift_score``: the cell's domain-shift score (1.0 = threshold; None when the model
+    has none) and ``out_of_distribution`` whether it exceeds the threshold.
+    """
     k = int(np.argmax(probs))
+    p_pos = float(probs[positive_index]) if len(probs) > positive_index else float("nan")
     return {
         "frame": frame_index,
         "name": frame_name,
@@ -86,6 +101,9 @@ def cell_record(
         "probs": {c: round(float(p), 5) for c, p in zip(classes, probs, strict=True)},
         "touches_edge": bool(cell.touches_edge),
         "score": round(float(getattr(cell, "score", 1.0)), 3),
+        "uncertain": bool(UNCERTAIN_BAND[0] <= p_pos <= UNCERTAIN_BAND[1]),
+        "shift_score": None if shift_score is None else round(float(shift_score), 4),
+        "out_of_distribution": None if shift_score is None else bool(shift_score > 1.0),
     }
 
 
@@ -374,6 +392,7 @@ def build_summary(
         },
         "all_count": t.positive_count,
         "blast_ratio": blast_ratio(t.positive_count, t.cells),
+        **reliability(t, spec, domain_shift(t, classifier)),
         "latency_ms": {s: t.stages[s].summary() for s in STAGES},
         "latency_note": LATENCY_NOTE,
         "throughput": {
@@ -389,6 +408,38 @@ def build_summary(
         "skipped_frames_not_listed": max(0, t.skipped - len(t.skipped_list)),
         "outputs": outputs,
         "machine": _machine(),
+    }
+
+
+def domain_shift(t: Totals, classifier: Any) -> dict[str, Any]:
+    """summary.json's ``domain_shift``: flagged cells, their fraction, and the warning."""
+    if getattr(classifier, "shift", None) is None:
+        return unavailable("the model has no domain-shift record (train it with this leukedge)")
+    if t.shift_unavailable and t.shift_scored == 0:
+        return unavailable(t.shift_unavailable)
+    return summarise_flags(t.shift_scored, t.shift_flagged, np.asarray(t.shift_sample.sample))
+
+
+def reliability(t: Totals, spec: Any, shift: dict[str, Any]) -> dict[str, Any]:
+    """The blast ratio corrected for the classifier's errors, and among the sure cells only."""
+    adjusted = adjusted_ratio(t.positive_count, t.cells, spec.operating_point)
+    if shift.get("warning"):
+        adjusted["note"] = (
+            "the correction assumes the sensitivity and specificity measured on the training "
+            "lab's cells; these cells are out of distribution, so it does not hold"
+        )
+    sure = t.cells - t.uncertain
+    return {
+        "blast_ratio_adjusted": adjusted,
+        "blast_ratio_sure": blast_ratio(t.positive_count - t.uncertain_positive, sure),
+        "calibration": {
+            "temperature": spec.temperature,
+            "uncertain": t.uncertain,
+            "uncertain_all": t.uncertain_positive,
+            "uncertain_band": list(UNCERTAIN_BAND),
+            "note": UNCERTAIN_NOTE,
+        },
+        "domain_shift": shift,
     }
 
 

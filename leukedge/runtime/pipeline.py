@@ -65,6 +65,7 @@ class FrameWork:
     image: np.ndarray | None = None  # kept only for annotation/display
     cells: list[Cell] = field(default_factory=list)
     x: np.ndarray | None = None  # (n_cells, 3, S, S) float32
+    stains: np.ndarray | None = None  # (n_cells, 6) stain statistics for the shift score
     error: str | None = None
     capture_s: float = 0.0
     find_s: float = 0.0
@@ -148,7 +149,7 @@ class CaptureThread(threading.Thread):
         t2 = time.perf_counter()
         try:
             crops = [self._crop(frame.image, c) for c in cells]
-            work.x = self.classifier.preprocess(crops)
+            work.x, work.stains = self.classifier.prepare(crops)
         except Exception as e:  # an empty or odd crop skips its frame, not the run
             work.error = f"preprocessing failed: {type(e).__name__}: {e}"
             return work
@@ -320,28 +321,34 @@ class Pipeline:
         ok = [w for w in group if w.error is None and w.x is not None and len(w.cells)]
         ok_ids = {id(w) for w in ok}
         probs = np.zeros((0, len(self.totals.classes)), dtype=np.float32)
+        scores: np.ndarray | None = None
         if ok:
-            from leukedge.runtime.classifier import probabilities
-
-            x = np.concatenate([w.x for w in ok], axis=0)
+            x = np.concatenate([w.x for w in ok if w.x is not None], axis=0)
             t0 = time.perf_counter()
-            logits = self.clf.infer(x)
+            logits, features = self.clf.infer_outputs(x)
             self.totals.stages["infer"].add(time.perf_counter() - t0)
             self.totals.infer_batches += 1
             self.totals.infer_cells += len(x)
-            probs = probabilities(logits)
+            probs = self.clf.probabilities(logits)
+            stains = [w.stains for w in ok if w.stains is not None]
+            scores, why = self.clf.shift_scores(
+                features, np.concatenate(stains) if len(stains) == len(ok) else None
+            )
+            if why is not None:
+                self.totals.shift_unavailable = why
         offset = 0
         for work in group:
             n = len(work.cells) if id(work) in ok_ids else 0
-            self._finish(work, probs[offset : offset + n])
+            part = None if scores is None else scores[offset : offset + n]
+            self._finish(work, probs[offset : offset + n], part)
             offset += n
 
-    def _finish(self, work: FrameWork, probs: np.ndarray) -> None:
+    def _finish(self, work: FrameWork, probs: np.ndarray, scores: np.ndarray | None = None) -> None:
         t = self.totals
         if work.error is not None:
             t.skip(work.index, work.name, work.error)
         else:
-            self._write_frame(work, probs)
+            self._write_frame(work, probs, scores)
             for stage, s in (
                 ("capture", work.capture_s),
                 ("find", work.find_s),
@@ -349,13 +356,23 @@ class Pipeline:
             ):
                 t.stages[stage].add(s)
             t.stages["end_to_end"].add(time.perf_counter() - work.t0)
-        work.image, work.x = None, None
+        work.image, work.x, work.stains = None, None, None
         self._after_frame()
 
-    def _write_frame(self, work: FrameWork, probs: np.ndarray) -> None:
+    def _write_frame(self, work: FrameWork, probs: np.ndarray, scores: np.ndarray | None) -> None:
         classes = self.totals.classes
+        positive = self.clf.spec.positive_index
         records = [
-            cell_record(work.index, work.name, i, c, classes, probs[i])
+            cell_record(
+                work.index,
+                work.name,
+                i,
+                c,
+                classes,
+                probs[i],
+                positive_index=positive,
+                shift_score=None if scores is None else float(scores[i]),
+            )
             for i, c in enumerate(work.cells)
         ]
         file = None
@@ -366,6 +383,7 @@ class Pipeline:
         self.cells_out.write_frame(records)
         labels = [r["class"] for r in records]
         self.totals.count(labels, [r["touches_edge"] for r in records])
+        self.totals.count_reliability(labels, [r["uncertain"] for r in records], scores)
         if work.image is not None and (self.annotator is not None or self.display is not None):
             probs_of_class = [r["probs"][r["class"]] for r in records]
             self._draw(work.name, work.image, work.cells, labels, probs_of_class, file)

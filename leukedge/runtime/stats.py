@@ -93,6 +93,25 @@ class StageStats:
         return out
 
 
+class Reservoir:
+    """A fixed-size uniform sample of a stream of numbers (Vitter's algorithm R)."""
+
+    def __init__(self, capacity: int = RESERVOIR, seed: int = 0) -> None:
+        self.capacity = capacity
+        self.count = 0
+        self.sample: list[float] = []
+        self._rng = random.Random(seed)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        if len(self.sample) < self.capacity:
+            self.sample.append(value)
+            return
+        j = self._rng.randrange(self.count)
+        if j < self.capacity:
+            self.sample[j] = value
+
+
 @dataclass
 class Totals:
     """Everything counted so far; the summary is made from it at any moment."""
@@ -108,6 +127,12 @@ class Totals:
     skipped_list: list[dict[str, Any]] = field(default_factory=list)
     infer_batches: int = 0
     infer_cells: int = 0
+    uncertain: int = 0  # cells whose probability is within the unsure band
+    uncertain_positive: int = 0  # of those, the ones classified positive
+    shift_scored: int = 0
+    shift_flagged: int = 0
+    shift_sample: Reservoir = field(default_factory=lambda: Reservoir())
+    shift_unavailable: str | None = None  # why cells got no shift score
     stages: dict[str, StageStats] = field(default_factory=lambda: {s: StageStats() for s in STAGES})
 
     def __post_init__(self) -> None:
@@ -126,6 +151,20 @@ class Totals:
         self.edge_cells += sum(edges)
         for label in labels:
             self.by_class[label] = self.by_class.get(label, 0) + 1
+
+    def count_reliability(
+        self, labels: list[str], unsure: list[bool], shift_scores: np.ndarray | None
+    ) -> None:
+        """Unsure cells and domain-shift scores of one frame's cells."""
+        self.uncertain += sum(unsure)
+        self.uncertain_positive += sum(
+            u and c == self.positive for c, u in zip(labels, unsure, strict=True)
+        )
+        if shift_scores is not None:
+            self.shift_scored += len(shift_scores)
+            self.shift_flagged += int((np.asarray(shift_scores) > 1.0).sum())
+            for v in shift_scores:
+                self.shift_sample.add(float(v))
 
     @property
     def positive_count(self) -> int:

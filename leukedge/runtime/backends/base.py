@@ -1,6 +1,9 @@
 """The one small interface every inference backend implements.
 
 A backend turns a preprocessed float32 batch (N, 3, S, S) into logits (N, C).
+A backend whose model also returns its penultimate features (the ``features``
+output of files exported by this leukedge) offers ``infer_with_features``; files
+exported before have logits only and still run everywhere.
 Everything else in the runtime and the bench (batching, parity, latency) is
 written against this interface only, so ONNX Runtime and TensorRT are
 interchangeable and a test can put any object with these members in their place.
@@ -66,3 +69,22 @@ def infer_in_batches(backend: Backend, x: np.ndarray, batch_size: int = 32) -> n
     if not outs:
         return np.zeros((0, backend.spec.num_classes), dtype=np.float32)
     return np.concatenate(outs, axis=0)
+
+
+def infer_outputs_in_batches(
+    backend: Backend, x: np.ndarray, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits and, where the backend's model has them, penultimate features (else None)."""
+    with_features = getattr(backend, "infer_with_features", None)
+    if with_features is None:
+        return infer_in_batches(backend, x, batch_size), None
+    limit = min(batch_size, backend.max_batch or batch_size)
+    logits, feats = [], []
+    for i in range(0, len(x), limit):
+        z, f = with_features(x[i : i + limit])
+        logits.append(z)
+        feats.append(f)
+    if not logits:
+        return np.zeros((0, backend.spec.num_classes), dtype=np.float32), None
+    features = None if any(f is None for f in feats) else np.concatenate(feats, axis=0)
+    return np.concatenate(logits, axis=0), features

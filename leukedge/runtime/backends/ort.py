@@ -10,7 +10,7 @@ import numpy as np
 
 from leukedge.artifacts import precision_of_file
 from leukedge.runtime.backends.base import BackendError, check_batch
-from leukedge.spec import ONNX_METADATA_KEY, ModelSpec, SpecError
+from leukedge.spec import FEATURES_NAME, ONNX_METADATA_KEY, ModelSpec, SpecError
 
 PROVIDER_ALIASES = {
     "cpu": ["CPUExecutionProvider"],
@@ -132,6 +132,8 @@ class OrtBackend:
         self.name = f"ort-{self.precision}" + ("" if self.device == "cpu" else f"-{device}")
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        names = [o.name for o in self.session.get_outputs()]
+        self.features_name: str | None = FEATURES_NAME if FEATURES_NAME in names else None
         batch_dim = self.session.get_inputs()[0].shape[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         check_graph_against_spec(self.path, self.session, self.spec)
@@ -140,6 +142,16 @@ class OrtBackend:
         x = check_batch(batch, self.spec, self.max_batch)
         (logits,) = self.session.run([self.output_name], {self.input_name: x})
         return np.asarray(logits, dtype=np.float32)
+
+    def infer_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and penultimate features from one run (features None for older files)."""
+        if self.features_name is None:
+            return self.infer(batch), None
+        x = check_batch(batch, self.spec, self.max_batch)
+        logits, feats = self.session.run(
+            [self.output_name, self.features_name], {self.input_name: x}
+        )
+        return np.asarray(logits, dtype=np.float32), np.asarray(feats, dtype=np.float32)
 
     def synchronize(self) -> None:
         """ONNX Runtime's ``run`` returns host arrays: nothing is left queued."""

@@ -45,6 +45,7 @@ from leukedge.runtime.backends.engine_plan import (
     rebuild_command,
     target_folder_name,
 )
+from leukedge.spec import FEATURES_NAME
 
 MIN_TENSORRT_MAJOR = 10
 
@@ -209,6 +210,7 @@ class TrtBackend:
         self.input_name = inputs[0]
         wanted = self.sidecar.output_name
         self.output_name = wanted if wanted in outputs else outputs[0]
+        self.features_name: str | None = FEATURES_NAME if FEATURES_NAME in outputs else None
         pmin, _, pmax = (_dims(s) for s in engine.get_tensor_profile_shape(self.input_name, 0))
         expected = tuple(self.spec.input_shape)
         if pmax[1:] != expected:
@@ -230,6 +232,8 @@ class TrtBackend:
                 self._h_in = self._host_buffer(count, dtype)
             elif name == self.output_name:
                 self._h_out = self._host_buffer(count, dtype)
+            elif name == self.features_name:
+                self._h_features = self._host_buffer(count, dtype)
         self._stream = self._api.stream_create()
         self._events = [self._api.event_create(), self._api.event_create()]
 
@@ -242,6 +246,13 @@ class TrtBackend:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, S, S) -> float32 logits (N, C); waits for the result."""
+        return self._run(batch, with_features=False)[0]
+
+    def infer_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and penultimate features of one execution (features None for older engines)."""
+        return self._run(batch, with_features=self.features_name is not None)
+
+    def _run(self, batch: np.ndarray, with_features: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if self._closed:
             raise BackendError(f"{self.name} backend is closed")
         x = check_batch(batch, self.spec, self.max_batch)
@@ -261,12 +272,21 @@ class TrtBackend:
         elif not self._context.execute_async_v3(cuda.stream_handle(stream)):
             raise BackendError("TensorRT execute_async_v3 failed (the TensorRT log says why)")
         cuda.event_record(end, stream)
-        out_shape = _dims(self._context.get_tensor_shape(self.output_name))
-        host_out = self._h_out[: math.prod(out_shape)].reshape(out_shape)
-        cuda.memcpy_dtoh_async(host_out, self._device_ptrs[self.output_name], stream)
+        host_out = self._fetch(self.output_name, self._h_out)
+        features = None
+        if with_features and self.features_name is not None:
+            features = self._fetch(self.features_name, self._h_features)
         cuda.stream_synchronize(stream)
         self.last_device_ms = cuda.event_elapsed_ms(start, end)
-        return host_out.astype(np.float32, copy=True)
+        logits = host_out.astype(np.float32, copy=True)
+        return logits, None if features is None else features.astype(np.float32, copy=True)
+
+    def _fetch(self, name: str, host: np.ndarray) -> np.ndarray:
+        """Queue the copy of output ``name`` into (a view of) its host buffer."""
+        shape = _dims(self._context.get_tensor_shape(name))
+        view = host[: math.prod(shape)].reshape(shape)
+        self._api.memcpy_dtoh_async(view, self._device_ptrs[name], self._stream)
+        return view
 
     def _graph_for(self, shape: tuple[int, ...]) -> Any:
         """The executable CUDA graph for ``shape``, captured now if needed; None to run plainly."""
