@@ -1,4 +1,4 @@
-"""`leukedge data check` and `leukedge data synth`."""
+"""`leukedge data check`, `leukedge data synth` and `leukedge data cells`."""
 
 from __future__ import annotations
 
@@ -119,3 +119,70 @@ def data_synth(
             progress=lambda i, total: rep.advance(task),
         )
     console.print(f"wrote {meta['counts']} to {out} (cells/, frames/, synth.json)")
+
+
+@data_app.command("cells")
+@friendly_errors
+def data_cells(
+    frames: str = typer.Argument(
+        ..., help="Frames: an image, a folder or glob of images, or a video file."
+    ),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to create (CELLS)."),
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        help="Run dir or .onnx: crop as it does and add its guess and shift score to the CSV.",
+    ),
+    crop_style: str = typer.Option(
+        "context", help="Without --model: masked | context (how the crops show a cell)."
+    ),
+    cell_fraction: float = typer.Option(0.6, help="Without --model: cell diameter over crop side."),
+    cell_diameter_px: float | None = typer.Option(
+        None, "--cell-diameter-px", help="White-cell diameter in frame pixels (default: measured)."
+    ),
+    um_per_px: float | None = typer.Option(
+        None, "--um-per-px", help="Microns per pixel of the camera."
+    ),
+    max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Stop after N frames."),
+) -> None:
+    """Cut every cell found in FRAMES into CELLS/unlabelled/ for labelling (then fine-tune).
+
+    Sort the crops into CELLS/all/ and CELLS/hem/ (100-200 cells go a long way), then:
+    leukedge train --init runs/r50 --data CELLS --out runs/r50-mylab
+    Example: leukedge data cells slides/ --out my-cells --model runs/r50
+    """
+    from leukedge.data.harvest import harvest_cells
+    from leukedge.progress import RichReporter
+    from leukedge.runtime.cells import CellFinder
+    from leukedge.spec import ModelSpec
+
+    if cell_diameter_px is not None and um_per_px is not None:
+        raise typer.BadParameter("give --cell-diameter-px or --um-per-px, not both")
+    clf = None
+    if model is not None:
+        from leukedge.runtime.classifier import Classifier
+
+        clf = Classifier.load(model, "ort", "cpu")
+        spec = clf.spec
+    else:
+        spec = ModelSpec(arch="none", crop_style=crop_style, cell_fraction=cell_fraction)
+    finder = CellFinder.from_spec(spec, cell_diameter_px, um_per_px)
+    with RichReporter(console) as rep:
+        task = rep.task("cutting cells", None)
+        try:
+            result = harvest_cells(
+                frames, out, spec, finder, clf, max_frames, lambda i, n: rep.advance(task)
+            )
+        finally:
+            if clf is not None:
+                clf.close()
+    console.print(
+        f"{result['cells']} cells from {result['frames']} frames "
+        f"({result['skipped_frames']} unreadable) in [bold]{result['unlabelled']}[/]; "
+        f"list in {result['csv']}"
+    )
+    classes = " and ".join(f"{out}/{c}/" for c in spec.classes)
+    console.print(
+        f"next: move each crop into {classes}, then "
+        f"leukedge train --init RUN --data {out} --out runs/NAME"
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -18,6 +18,8 @@ from leukedge.cli.common import (
     friendly_errors,
     metrics_table,
     print_json,
+    print_shift_warning,
+    shift_line,
 )
 from leukedge.validate import MAX_BATCH
 
@@ -104,10 +106,30 @@ def train(
         "(fold-0 ... fold-K-1), pooled out-of-fold predictions (oof.csv) and metrics "
         "with 95% intervals. Re-run the same command to continue unfinished folds.",
     ),
+    stain_norm: str = typer.Option(
+        "none",
+        "--stain-norm",
+        help="none | reinhard | macenko: re-colour every crop to the training split's stain "
+        "statistics (stored in the spec; the runtime does the same).",
+    ),
+    hed_aug: bool = typer.Option(
+        False, "--hed-aug", help="Jitter stain concentrations in HED space while training."
+    ),
+    init: Path | None = typer.Option(
+        None,
+        "--init",
+        help="Fine-tune from this run dir: its weights and spec; default lr a tenth of usual.",
+    ),
+    freeze_backbone: bool = typer.Option(
+        False, "--freeze-backbone", help="With --init: train only the classifier head."
+    ),
 ) -> None:
     """Train a classifier; writes spec.json, checkpoint.pt, split.json, history, plots, metrics.
 
+    Also fits, on the validation split, the temperature that calibrates probabilities and
+    the domain-shift threshold (shift.npz), and measures both on the test split.
     Example: leukedge train --model resnet50 --data ~/data/C-NMC_Leukemia --out runs/r50
+    New microscope: leukedge train --init runs/r50 --data my-cells --out runs/r50-mylab
     Multi-GPU: torchrun --nproc-per-node 4 -m leukedge train ... (same arguments).
     """
     from leukedge.data.layouts import detect_layout
@@ -133,6 +155,10 @@ def train(
         workers=workers,
         crop_style=crop_style,
         layout=layout,
+        stain_norm=stain_norm,
+        hed_aug=hed_aug,
+        init=str(init) if init else None,
+        freeze_backbone=freeze_backbone,
     )
     cfg.validate()  # every value, --data and --out checked before torch is imported
     if cfg.layout == "auto":
@@ -150,10 +176,18 @@ def train(
     if result.get("test"):
         console.print(metrics_table(f"test split ({result['split_unit']}-level)", result["test"]))
         console.print(confusion_table(result["test"]))
+    cal, shift = result.get("calibration") or {}, result.get("domain_shift") or {}
+    if cal:
+        console.print(f"temperature {cal['temperature']:.3f} (fitted on val)")
+    if shift.get("test_flagged_fraction") is not None:
+        console.print(
+            f"domain-shift score flags {shift['test_flagged_fraction']:.1%} of the held-out "
+            "test cells (threshold: 95th percentile of val)"
+        )
     console.print(
         f"best epoch {result['best_epoch']} of {result['epochs_run']}; run dir [bold]{out}[/] "
-        "(spec.json, checkpoint.pt, split.json, history.csv, curves.png, confusion.png, "
-        "metrics.json)"
+        "(spec.json, checkpoint.pt, split.json, shift.npz, history.csv, curves.png, "
+        "confusion.png, reliability.png, metrics.json)"
     )
     console.print(f"next: leukedge export {out}")
 
@@ -227,6 +261,7 @@ def evaluate(
         console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(metrics_table(f"{result['split']} split of {result['data']}", result["metrics"]))
     console.print(confusion_table(result["metrics"]))
+    console.print(_reliability_table(result))
     if result["per_subject"]:
         table = Table(title="per subject")
         for col in ("subject", "class", "images", "accuracy"):
@@ -235,6 +270,31 @@ def evaluate(
             table.add_row(s, v["class"], str(v["n"]), fmt(v["accuracy"], 3))
         console.print(table)
     console.print(f"written to {result['written_to']}")
+    print_shift_warning(result["domain_shift"])
+
+
+def _reliability_table(result: dict[str, Any]) -> Table:
+    """How sure the answers are: calibration, blast ratios and domain shift."""
+    table = Table(title="reliability", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    cal = result["calibration"]
+    table.add_row(
+        "calibration",
+        f"temperature {cal['temperature']:.3f}, ECE {fmt(cal['ece'], 3)}, "
+        f"{cal['uncertain']} unsure (P in {cal['uncertain_band']})",
+    )
+    br, adj = result["blast_ratio"], result["blast_ratio_adjusted"]
+    if br["ratio"] is not None:
+        table.add_row(
+            "called ALL", f"{br['ratio']:.3f} (95% CI {br['ci95'][0]:.3f}-{br['ci95'][1]:.3f})"
+        )
+    if adj.get("ratio") is not None:
+        table.add_row(
+            "adjusted", f"{adj['ratio']:.3f} (95% CI {adj['ci95'][0]:.3f}-{adj['ci95'][1]:.3f})"
+        )
+    table.add_row("domain shift", shift_line(result["domain_shift"]))
+    return table
 
 
 # ---------------------------------------------------------------------------- demo

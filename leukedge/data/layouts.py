@@ -43,6 +43,10 @@ Layouts understood (auto-detected):
              + optional DATA/subjects.csv with columns file,subject"""
 
 
+# Folders of cells awaiting labels (`leukedge data cells`): not a class.
+UNLABELLED = ("unlabelled", "unlabeled")
+
+
 def normalize_subject(raw: str) -> str:
     """Subject ids compare case-insensitively (C-NMC has both ``H3`` and ``h3``)."""
     return raw.strip().upper()
@@ -203,7 +207,7 @@ def parse_class_folders(
     path: Path, subjects_csv: Path | None = None, layout: str = "folders"
 ) -> Dataset:
     class_dirs = [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    class_dirs = [p for p in class_dirs if _images_in(p)]
+    class_dirs = [p for p in class_dirs if p.name.lower() not in UNLABELLED and _images_in(p)]
     if not class_dirs:
         raise DatasetError(f"no class folders with images in {path}\n{LAYOUTS_HELP}")
     classes, mapping = canonical_class_order([p.name for p in class_dirs])

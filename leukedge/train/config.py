@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from leukedge.spec import CROP_STYLES
+from leukedge.spec import CROP_STYLES, STAIN_NORMS
 from leukedge.validate import (
     MAX_BATCH,
     MAX_INPUT_SIZE,
@@ -23,6 +23,10 @@ from leukedge.validate import (
 
 DEFAULT_LR = {"cnn": 1e-3}
 FALLBACK_LR = 3e-4
+# Fine-tuning (--init) starts from trained weights: a tenth of the from-scratch rate
+# keeps what they learned while the new microscope's cells move them.
+FINETUNE_LR_FACTOR = 0.1
+
 
 # How each layout shows a cell: C-NMC cells are segmented on black, the rest are crops.
 LAYOUT_CROP_STYLE = {"cnmc": "masked"}
@@ -54,9 +58,16 @@ class TrainConfig:
     grad_clip: float = 5.0
     amp: bool = True  # CUDA only
     eval_batch_size: int = 64
+    stain_norm: str = "none"  # none | reinhard | macenko (reference from the train split)
+    hed_aug: bool = False  # jitter stain concentrations in HED space while training
+    init: str | None = None  # a run dir to fine-tune from (its weights and spec)
+    freeze_backbone: bool = False  # with init: train only the classifier head
 
     def resolved_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR.get(self.model, FALLBACK_LR)
+        if self.lr is not None:
+            return self.lr
+        base = DEFAULT_LR.get(self.model, FALLBACK_LR)
+        return base * FINETUNE_LR_FACTOR if self.init else base
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +84,7 @@ class TrainConfig:
 
         Needs no torch, so a mistyped flag costs no second of import time.
         """
-        for name in ("optimizer", "split", "layout", "device", "crop_style"):
+        for name in ("optimizer", "split", "layout", "device", "crop_style", "stain_norm"):
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, value.strip().lower())
@@ -132,6 +143,19 @@ def _check_pretrained(c: TrainConfig) -> None:
         )
 
 
+def _check_init(c: TrainConfig) -> None:
+    if c.init is None:
+        if c.freeze_backbone:
+            raise UsageError("--freeze-backbone needs --init RUN (a trained backbone to keep)")
+        return
+    run = Path(str(c.init)).expanduser()
+    if not ((run / "spec.json").is_file() and (run / "checkpoint.pt").is_file()):
+        raise UsageError(
+            f"--init takes a run dir made by `leukedge train` (spec.json, checkpoint.pt); "
+            f"{c.init!r} is not one"
+        )
+
+
 _CHECKS: tuple[Callable[[TrainConfig], Any], ...] = (
     _check_model,
     lambda c: _check_path(c.data, "--data", "the dataset folder"),
@@ -153,6 +177,8 @@ _CHECKS: tuple[Callable[[TrainConfig], Any], ...] = (
     lambda c: _optional(lambda v: finite(v, "cell_fraction", 0.05, 1.0), c.cell_fraction),
     lambda c: finite(c.label_smoothing, "label_smoothing", 0.0, 0.5),
     lambda c: finite(c.grad_clip, "grad_clip", 0.0, 1e6),
+    lambda c: choice(c.stain_norm, "--stain-norm", STAIN_NORMS),
+    _check_init,
 )
 
 

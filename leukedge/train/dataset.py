@@ -15,13 +15,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from leukedge.data.records import Record
 from leukedge.imaging.images import ImageReadError, read_image
-from leukedge.imaging.preprocess import normalize, preprocess
+from leukedge.imaging.preprocess import normalize, prepare, preprocess
 from leukedge.spec import ModelSpec
 from leukedge.train.augment import AugmentConfig, augment
 
 
 class CellDataset(Dataset):
-    """Records -> (tensor, label, index); augmentation only when ``train``."""
+    """Records -> (tensor, label, index); augmentation only when ``train``.
+
+    With ``stains`` each evaluation item also carries the crop's stain statistics
+    (what the domain-shift score compares).
+    """
 
     def __init__(
         self,
@@ -30,6 +34,7 @@ class CellDataset(Dataset):
         train: bool = False,
         seed: int = 0,
         augment_cfg: AugmentConfig = AugmentConfig(),
+        stains: bool = False,
     ) -> None:
         self.records = list(records)
         self.spec = spec
@@ -37,6 +42,7 @@ class CellDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.augment_cfg = augment_cfg
+        self.stains = stains and not train
 
     def __len__(self) -> int:
         return len(self.records)
@@ -50,6 +56,9 @@ class CellDataset(Dataset):
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             x = normalize(augment(image, self.spec, rng, self.augment_cfg), self.spec)
+        elif self.stains:
+            x, stain = prepare(image, self.spec)
+            return {"x": torch.from_numpy(x), "y": record.label, "index": index, "stain": stain}
         else:
             x = preprocess(image, self.spec)
         return {"x": torch.from_numpy(x), "y": record.label, "index": index}
@@ -61,12 +70,15 @@ def collate_skipping_bad(items: list[dict]) -> dict:
     errors = [it["error"] for it in items if "error" in it]
     if not good:
         return {"x": None, "y": None, "index": None, "errors": errors}
-    return {
+    out = {
         "x": torch.stack([it["x"] for it in good]),
         "y": torch.tensor([it["y"] for it in good], dtype=torch.long),
         "index": torch.tensor([it["index"] for it in good], dtype=torch.long),
         "errors": errors,
     }
+    if "stain" in good[0]:
+        out["stain"] = np.stack([it["stain"] for it in good])
+    return out
 
 
 def make_loader(

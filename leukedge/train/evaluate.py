@@ -15,6 +15,7 @@ from leukedge.metrics import classification_metrics, softmax
 from leukedge.predictions import PredictionTable
 from leukedge.spec import ModelSpec
 from leukedge.train.dataset import CellDataset, make_loader
+from leukedge.train.features import WithFeatures
 
 
 @dataclass
@@ -24,6 +25,8 @@ class Predictions:
     records: list[Record]
     errors: list[tuple[str, str]] = field(default_factory=list)
     loss: float = float("nan")
+    features: np.ndarray | None = None  # (N, D) penultimate features when asked for
+    stains: np.ndarray | None = None  # (N, 6) Lab stain statistics, with the features
 
 
 @torch.no_grad()
@@ -36,13 +39,18 @@ def predict(
     workers: int = 0,
     loss_fn: nn.Module | None = None,
     progress: Callable[[int], None] | None = None,
+    features: bool = False,
 ) -> Predictions:
-    """Logits for every readable record, in record order (unreadable ones listed)."""
+    """Logits (and penultimate features) for every readable record, in record order.
+
+    Unreadable records are listed in ``errors``.
+    """
     device = torch.device(device)
     model.eval()
-    dataset = CellDataset(records, spec, train=False)
+    net: nn.Module = WithFeatures(model) if features else model
+    dataset = CellDataset(records, spec, train=False, stains=features)
     loader = make_loader(dataset, batch_size, shuffle=False, workers=workers)
-    logits, indices, errors = [], [], []
+    logits, feats, stains, indices, errors = [], [], [], [], []
     total_loss, seen = 0.0, 0
     for batch in loader:
         errors.extend(batch["errors"])
@@ -51,7 +59,12 @@ def predict(
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
-                out = model(x).float()
+                out = net(x)
+                if features:
+                    out, f = out
+                    feats.append(f.float().cpu().numpy())
+                    stains.append(batch["stain"])
+                out = out.float()
             if loss_fn is not None:
                 total_loss += float(loss_fn(out, batch["y"].to(device))) * len(x)
                 seen += len(x)
@@ -69,7 +82,13 @@ def predict(
         records=kept,
         errors=errors,
         loss=total_loss / seen if seen else float("nan"),
+        features=_stack(feats, 0) if features else None,
+        stains=_stack(stains, 6) if features else None,
     )
+
+
+def _stack(parts: list[np.ndarray], width: int) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, width), np.float64)
 
 
 def per_subject_accuracy(pred: Predictions, classes: list[str]) -> dict[str, dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,72 @@ from leukedge.io import atomic_write_json
 from leukedge.predictions import PREDICTIONS_FILE, write_predictions
 from leukedge.progress import Reporter
 from leukedge.rundir import RunDir, RunDirError
-from leukedge.train.evaluate import metrics_of, per_subject_accuracy, predict, prediction_table
+from leukedge.runtime.calibration import (
+    UNCERTAIN_BAND,
+    adjusted_ratio,
+    expected_calibration_error,
+    softmax_t,
+    uncertain,
+)
+from leukedge.runtime.shift import ShiftModelError, summarise_flags, unavailable
+from leukedge.runtime.stats import blast_ratio
+from leukedge.spec import ModelSpec
+from leukedge.train.evaluate import (
+    Predictions,
+    metrics_of,
+    per_subject_accuracy,
+    predict,
+    prediction_table,
+)
 from leukedge.train.loop import Distributed, resolve_device
+from leukedge.train.reliability import load_shift
 from leukedge.validate import MAX_BATCH, batch_memory, choice, integer
 
 EVAL_SPLITS = (*SPLITS, "all")
+
+
+def reliability_of(
+    run: RunDir, spec: ModelSpec, pred: Predictions, relpath: Callable[[str], str]
+) -> dict[str, Any]:
+    """Calibration, blast ratios and domain shift of ``pred``, with one row per image."""
+    probs = softmax_t(pred.logits, spec.temperature)
+    p_pos = probs[:, spec.positive_index]
+    called = int((probs.argmax(axis=1) == spec.positive_index).sum())
+    n = len(pred.labels)
+    shift = load_shift(run)
+    scores = None
+    if shift is None:
+        domain: dict[str, Any] = unavailable("the run has no shift.npz (retrain to fit one)")
+    else:
+        try:
+            scores = shift.scores(pred.features, pred.stains)  # type: ignore[arg-type]
+            domain = summarise_flags(n, int((scores > 1.0).sum()), scores)
+        except ShiftModelError as e:
+            domain = unavailable(str(e))
+    unsure = uncertain(p_pos)
+    rows = [
+        {
+            "file": relpath(r.path),
+            "label": spec.classes[r.label],
+            "class": spec.classes[int(probs[i].argmax())],
+            "p_" + spec.positive_class: round(float(p_pos[i]), 5),
+            "uncertain": bool(unsure[i]),
+            "shift_score": None if scores is None else round(float(scores[i]), 4),
+        }
+        for i, r in enumerate(pred.records)
+    ]
+    return {
+        "calibration": {
+            "temperature": spec.temperature,
+            "ece": expected_calibration_error(probs, pred.labels) if n else None,
+            "uncertain": int(unsure.sum()),
+            "uncertain_band": list(UNCERTAIN_BAND),
+        },
+        "blast_ratio": blast_ratio(called, n),
+        "blast_ratio_adjusted": adjusted_ratio(called, n, spec.operating_point),
+        "domain_shift": domain,
+        "images": rows,
+    }
 
 
 def evaluate_run(
@@ -80,9 +142,10 @@ def evaluate_run(
         batch_size,
         workers,
         progress=lambda n: reporter.advance(task, n),
+        features=True,
     )
     reporter.finish(task)
-    result = {
+    result: dict[str, Any] = {
         "run": str(run.path),
         "data": str(dataset.root),
         "layout": dataset.layout,
@@ -91,6 +154,7 @@ def evaluate_run(
         "metrics": metrics_of(pred, spec),
         "per_subject": per_subject_accuracy(pred, spec.classes),
         "skipped_files": [{"path": p, "problem": why} for p, why in pred.errors],
+        **reliability_of(run, spec, pred, dataset.relpath),
     }
     out = Path(out) if out else run.path / f"eval_{dataset.layout}_{used}.json"
     table = prediction_table(pred, spec, dataset)

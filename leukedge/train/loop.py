@@ -30,20 +30,30 @@ from leukedge.data.splits import Split, load_split, make_split
 from leukedge.io import atomic_write_json, atomic_write_text, sweep_stale_temps
 from leukedge.predictions import PREDICTIONS_FILE, write_predictions
 from leukedge.progress import Reporter
-from leukedge.rundir import CorruptRunError, RunDir
+from leukedge.rundir import CorruptRunError, RunDir, RunDirError
 from leukedge.rundir import RunExistsError as RunExistsError  # where callers have found it
 from leukedge.spec import ModelSpec
+from leukedge.train.augment import AugmentConfig
 from leukedge.train.checkpoint import (
     load_training_state,
     save_training_state,
     save_weights,
     unwrap,
 )
+from leukedge.train.colour import with_stain_reference
 from leukedge.train.config import LAYOUT_CROP_STYLE, TrainConfig, resume_differences
 from leukedge.train.dataset import CellDataset, make_loader
-from leukedge.train.evaluate import metrics_of, per_subject_accuracy, predict, prediction_table
+from leukedge.train.evaluate import (
+    Predictions,
+    metrics_of,
+    per_subject_accuracy,
+    predict,
+    prediction_table,
+)
+from leukedge.train.finetune import freeze_backbone, init_spec, load_init_weights
 from leukedge.train.models import build_model, count_parameters, default_spec, load_run_model
 from leukedge.train.plots import plot_confusion, plot_curves
+from leukedge.train.reliability import fit_reliability
 from leukedge.validate import UsageError
 
 HISTORY_FIELDS = [
@@ -182,8 +192,22 @@ def _prepare_run(
     split = make_split(dataset, cfg.split, cfg.seed)
     for w in split.warnings + dataset.notes:
         reporter.log(f"note: {w}", "note")
-    crop_style = cfg.crop_style or LAYOUT_CROP_STYLE.get(dataset.layout, "context")
     train_records = split.records(dataset, "train")
+    if cfg.init:
+        spec = init_spec(cfg.init, dataset.classes, dataset.layout)
+        cfg.model, cfg.img_size = spec.arch, spec.input_size
+        reporter.log(
+            f"fine-tuning {cfg.init} ({spec.arch}, {spec.input_size} px, stain "
+            f"normalisation {spec.stain_norm}) at lr {cfg.resolved_lr():g}"
+            + (", backbone frozen" if cfg.freeze_backbone else "")
+        )
+        if cfg.stain_norm not in ("none", spec.stain_norm):
+            raise RunDirError(
+                f"--init {cfg.init} normalises stains by {spec.stain_norm!r}: a fine-tuned "
+                f"model keeps it (drop --stain-norm {cfg.stain_norm})"
+            )
+        return cfg, dataset, split, spec
+    crop_style = cfg.crop_style or LAYOUT_CROP_STYLE.get(dataset.layout, "context")
     if cfg.cell_fraction is None:
         fraction, measured = estimate_cell_fraction(train_records, crop_style, seed=cfg.seed)
         reporter.log(
@@ -200,6 +224,12 @@ def _prepare_run(
         fraction,
         dataset=dataset.layout,
     )
+    if cfg.stain_norm != "none":
+        spec = with_stain_reference(spec, train_records, cfg.stain_norm, cfg.seed)
+        reporter.log(
+            f"stain normalisation {cfg.stain_norm}: reference from "
+            f"{spec.stain_reference.get('images') if spec.stain_reference else 0} train images"
+        )
     return cfg, dataset, split, spec
 
 
@@ -310,7 +340,12 @@ def setup_training(
         sweep_stale_temps(run.path)  # checkpoints a killed run was writing
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, spec.num_classes, spec.input_size, cfg.pretrained).to(device)
+    model = build_model(cfg.model, spec.num_classes, spec.input_size, cfg.pretrained)
+    if cfg.init:
+        load_init_weights(model, cfg.init)
+        if cfg.freeze_backbone:
+            freeze_backbone(model)
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     train_records = split.records(dataset, "train")
@@ -322,7 +357,9 @@ def setup_training(
             "both need at least one"
         )
     weights = class_weights(dataset, train_records, cfg.class_weights).to(device)
-    train_set = CellDataset(train_records, spec, train=True, seed=cfg.seed)
+    train_set = CellDataset(
+        train_records, spec, train=True, seed=cfg.seed, augment_cfg=AugmentConfig(hed=cfg.hed_aug)
+    )
     sampler: DistributedSampler | None = (
         DistributedSampler(
             train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed
@@ -641,8 +678,11 @@ def finish_run(
         else None,
         "test": None,
     }
+    pred: Predictions | None = None
     if test_records:
-        pred = predict(model, test_records, spec, device, cfg.eval_batch_size, cfg.workers)
+        pred = predict(
+            model, test_records, spec, device, cfg.eval_batch_size, cfg.workers, features=True
+        )
         skipped.update(dict(pred.errors))
         result["test"] = metrics_of(pred, spec)
         result["test"]["per_subject"] = per_subject_accuracy(pred, spec.classes)
@@ -652,6 +692,24 @@ def finish_run(
         reporter.log(
             "note: the split has no test images; metrics.json holds no test figures", "note"
         )
+    train_records, val_records = split.records(dataset, "train"), split.records(dataset, "val")
+    _, reliability = fit_reliability(
+        run,
+        spec,
+        model,
+        train_records,
+        val_records,
+        pred,
+        device,
+        cfg.eval_batch_size,
+        cfg.workers,
+        reporter,
+        cfg.seed,
+    )
+    result.update(reliability)
+    result["stain_norm"] = spec.stain_norm
+    result["hed_aug"] = cfg.hed_aug
+    result["init"] = cfg.init
     result["skipped_files"] = [{"path": p, "problem": why} for p, why in sorted(skipped.items())]
     atomic_write_json(run.metrics_path, result)
     if skipped:

@@ -72,3 +72,31 @@ def plot_confusion(
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def plot_reliability(
+    before: list[dict], after: list[dict], path: str | Path, title: str = "test"
+) -> Path:
+    """Reliability diagram: accuracy against confidence, before and after temperature scaling."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.4, 4))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
+    for rows, label, marker in ((before, "raw", "o"), (after, "temperature-scaled", "s")):
+        if rows:
+            ax.plot(
+                [r["confidence"] for r in rows],
+                [r["accuracy"] for r in rows],
+                marker=marker,
+                label=label,
+            )
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability ({title})")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
