@@ -174,8 +174,8 @@ def run_command(
             )
     finally:
         src.close()
-    print_shift_warning(summary.get("domain_shift") or {})
     if as_json:
+        print_shift_warning(summary.get("domain_shift") or {})  # stderr: stdout stays JSON
         print_json(summary)
     else:
         console.print(_run_table(summary))
@@ -191,6 +191,7 @@ def run_command(
         console.print(
             f"outputs in [bold]{escape(str(out_dir))}[/] (cells.jsonl, summary.json, annotated)"
         )
+        print_shift_warning(summary.get("domain_shift") or {})  # last, where it is seen
     if summary["status"] in ("source_error", "failed"):
         raise typer.Exit(1)
 

@@ -58,7 +58,16 @@ class StainError(ValueError):
 
 def foreground(bgr: np.ndarray) -> np.ndarray:
     """Pixels that are not pure black (a masked crop's cell; every pixel of a context crop)."""
-    return np.asarray(bgr).max(axis=2) > 0
+    b, g, r = cv2.split(np.ascontiguousarray(bgr))
+    return cv2.max(cv2.max(b, g), r) > 0
+
+
+def _pixels(bgr: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(foreground mask or None when every pixel is foreground, foreground pixels (N, 3))."""
+    fg = foreground(bgr)
+    if fg.all():
+        return None, bgr.reshape(-1, 3)
+    return fg, bgr[fg]
 
 
 def _lab(bgr: np.ndarray) -> np.ndarray:
@@ -75,6 +84,16 @@ def lab_mean_std(bgr: np.ndarray) -> np.ndarray:
 
 
 STAIN_DECILE = 10.0  # percent of a crop's pixels that make each of the two colours
+# Statistics of a crop are measured on at most this many pixels (a regular subsample):
+# a percentile or two stain vectors do not need 50,000 pixels, and the runtime measures
+# every cell of every frame.
+MAX_STAT_PIXELS = 4096
+
+
+def subsample(px: np.ndarray, limit: int = MAX_STAT_PIXELS) -> np.ndarray:
+    """Every k-th row of ``px`` so that at most ``limit`` remain (deterministic)."""
+    step = -(-len(px) // limit)
+    return px[::step] if step > 1 else px
 
 
 def stain_stats(bgr: np.ndarray) -> np.ndarray:
@@ -85,9 +104,9 @@ def stain_stats(bgr: np.ndarray) -> np.ndarray:
     (white balance, exposure). Mean and spread over the whole crop would change with
     how much of it the cell fills.
     """
-    lab = _lab(bgr)
-    fg = foreground(bgr)
-    px = lab[fg] if fg.sum() >= 10 else lab.reshape(-1, 3)
+    fg, raw = _pixels(bgr)
+    sample = subsample(raw if len(raw) >= 10 else bgr.reshape(-1, 3))
+    px = _lab(sample[None])[0]
     lo, hi = np.percentile(px[:, 0], [STAIN_DECILE, 100.0 - STAIN_DECILE])
     dark, bright = px[px[:, 0] <= lo], px[px[:, 0] >= hi]
     return np.concatenate([dark.mean(axis=0), bright.mean(axis=0)]).astype(np.float64)
@@ -112,26 +131,31 @@ def reinhard(bgr: np.ndarray, reference: dict[str, Any]) -> np.ndarray:
         ref_std = np.asarray(reference["lab_std"], np.float32)
     except (KeyError, TypeError) as e:
         raise StainError(f"a Reinhard reference needs lab_mean and lab_std: {e}") from e
-    fg = foreground(bgr)
-    if not fg.any():
+    fg, px = _pixels(bgr)
+    if not len(px):
         return bgr
     lab = _lab(bgr)
-    px = lab[fg]
-    mean, std = px.mean(axis=0), px.std(axis=0)
-    lab[fg] = (px - mean) * (ref_std / np.maximum(std, 1e-3)) + ref_mean
-    out = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+    mask = None if fg is None else fg.astype(np.uint8)
+    mean, std = (v.ravel().astype(np.float32) for v in cv2.meanStdDev(lab, mask=mask))
+    gain = ref_std / np.maximum(std, 1e-3)
+    out = cv2.cvtColor(lab * gain + (ref_mean - mean * gain), cv2.COLOR_LAB2BGR)
     out = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    out[~fg] = 0
+    if fg is not None:
+        out[~fg] = 0
     return out
 
 
 # --------------------------------------------------------------------------- Macenko
 
 
-def background_intensity(bgr: np.ndarray) -> np.ndarray:
-    """Per-channel brightness of the empty slide (I0 of Beer-Lambert), from the brightest pixels."""
-    fg = foreground(bgr)
-    px = bgr[fg] if fg.any() else bgr.reshape(-1, 3)
+def background_intensity(bgr: np.ndarray, px: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel brightness of the empty slide (I0 of Beer-Lambert), from the brightest pixels.
+
+    ``px``: the crop's foreground pixels when the caller has them already.
+    """
+    if px is None:
+        _, px = _pixels(bgr)
+    px = subsample(px if len(px) else bgr.reshape(-1, 3))
     return np.maximum(np.percentile(px, BACKGROUND_PERCENTILE, axis=0), MIN_BACKGROUND)
 
 
@@ -202,21 +226,32 @@ def macenko(bgr: np.ndarray, reference: dict[str, Any]) -> np.ndarray:
         raise StainError(
             f"a Macenko reference needs stain_matrix, max_concentrations, background: {e}"
         ) from e
-    fg = foreground(bgr)
-    if not fg.any():
+    fg, px = _pixels(bgr)
+    if not len(px):
         return bgr
-    io = background_intensity(bgr)
-    od = optical_density(bgr, io)[fg]
-    he = stain_vectors(od)
+    io = background_intensity(bgr, px)
+    sample = optical_density(subsample(px)[None], io)[0]
+    he = stain_vectors(sample)
     if he is None:  # a nearly empty crop: nothing to re-stain
         return bgr
-    c = concentrations(od, he)
-    max_c = np.maximum(np.percentile(c, 99, axis=1), 1e-6)
-    c *= (max_ref / max_c)[:, None]
-    px = (io_ref + 1.0) * np.exp(-(he_ref @ c)).T - 1.0
-    out = np.zeros_like(bgr)
-    out[fg] = np.clip(px + 0.5, 0, 255).astype(np.uint8)
+    unmix = np.linalg.pinv(he)  # (2, 3): least-squares concentrations of every pixel
+    max_c = np.maximum(np.percentile(sample @ unmix.T, 99, axis=0), 1e-6)
+    # Unmix, rescale the concentrations, re-mix with the reference's stains: one 3x3 map.
+    remix = he_ref @ np.diag(max_ref / max_c) @ unmix
+    od = cv2.LUT(np.ascontiguousarray(bgr), _od_table(io))
+    transmitted = cv2.exp(cv2.transform(od, -remix.astype(np.float32)))
+    out_f = transmitted * (io_ref + 1.0).astype(np.float32) - 0.5  # -1, then +0.5 to round
+    out = np.clip(out_f, 0, 255).astype(np.uint8)
+    if fg is not None:
+        out[~fg] = 0
     return out
+
+
+def _od_table(io: np.ndarray) -> np.ndarray:
+    """(1, 256, 3) float32 lookup table 8-bit value -> OD per channel (:func:`optical_density`)."""
+    values = np.arange(256, dtype=np.float64)[:, None]
+    table = np.maximum(-np.log((values + 1.0) / (np.asarray(io, np.float64) + 1.0)), 0.0)
+    return np.ascontiguousarray(table.astype(np.float32)[None])
 
 
 # --------------------------------------------------------------------------- the spec's choice
