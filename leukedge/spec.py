@@ -54,7 +54,7 @@ class ModelSpec:
     way the model saw them.
 
     ``stain_norm`` re-colours every crop to ``stain_reference`` (statistics of the
-    training split) before resizing's output is normalised. ``temperature`` divides the
+    training split) after the resize, before scaling. ``temperature`` divides the
     logits before softmax (fitted on the validation split, so probabilities mean what
     they say); ``operating_point`` is the classifier's measured sensitivity and
     specificity on held-out cells, which the runtime uses to correct blast counts.
