@@ -61,6 +61,21 @@ CASES: list[tuple[str, ...]] = [
             ("--resume",),
         )
     ),
+    *(
+        ("train", "--data", "{data}", "--out", "{out}", *bad)
+        for bad in (
+            ("--stain-norm", "bogus"),
+            ("--freeze-backbone",),
+            ("--init", "{missing}"),
+            ("--init", "{data}"),
+        )
+    ),
+    ("data", "cells", "{missing}", "--out", "{out}"),
+    ("data", "cells", "{frames}", "--out", "{out}", "--crop-style", "bogus"),
+    ("data", "cells", "{frames}", "--out", "{out}", "--cell-fraction", "0"),
+    ("data", "cells", "{frames}", "--out", "{out}", "--cell-diameter-px", "nan"),
+    ("data", "cells", "{frames}", "--out", "{out}", "--model", "{noise}"),
+    ("data", "cells", "{frames}", "--out", "{out}", "--model", "{missing}"),
     ("train", "--data", "{missing}", "--out", "{out}"),
     ("train", "--data", "{file}", "--out", "{out}"),
     ("train", "--data", "{data}", "--out", "{file}"),

@@ -15,6 +15,7 @@ from leukedge.cli.common import (
     friendly_errors,
     print_json,
 )
+from leukedge.spec import CROP_STYLES
 
 LAYOUTS = ("auto", "cnmc", "allidb2", "folders", "synthetic")
 
@@ -134,14 +135,26 @@ def data_cells(
         help="Run dir or .onnx: crop as it does and add its guess and shift score to the CSV.",
     ),
     crop_style: str = typer.Option(
-        "context", help="Without --model: masked | context (how the crops show a cell)."
+        "context",
+        help="Without --model: masked | context (how the crops show a cell).",
+        callback=params.one_of("--crop-style", CROP_STYLES),
     ),
-    cell_fraction: float = typer.Option(0.6, help="Without --model: cell diameter over crop side."),
+    cell_fraction: float = typer.Option(
+        0.6,
+        help="Without --model: cell diameter over crop side.",
+        callback=params.number("--cell-fraction", 0.05, 1.0),
+    ),
     cell_diameter_px: float | None = typer.Option(
-        None, "--cell-diameter-px", help="White-cell diameter in frame pixels (default: measured)."
+        None,
+        "--cell-diameter-px",
+        help="White-cell diameter in frame pixels (default: measured).",
+        callback=params.cell_diameter(),
     ),
     um_per_px: float | None = typer.Option(
-        None, "--um-per-px", help="Microns per pixel of the camera."
+        None,
+        "--um-per-px",
+        help="Microns per pixel of the camera.",
+        callback=params.um_per_px(),
     ),
     max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Stop after N frames."),
 ) -> None:

@@ -109,6 +109,7 @@ def train(
     stain_norm: str = typer.Option(
         "none",
         "--stain-norm",
+        callback=params.one_of("--stain-norm", ("none", "reinhard", "macenko")),
         help="none | reinhard | macenko: re-colour every crop to the training split's stain "
         "statistics (stored in the spec; the runtime does the same).",
     ),

@@ -58,15 +58,15 @@ def harvest_cells(
             f"{out} already holds harvested cells ({CELLS_CSV}); choose another --out so "
             "cells already sorted are not mixed up"
         )
+    src = open_source(source, max_frames=max_frames)  # a bad source: nothing written yet
     folder = out / UNLABELLED
-    folder.mkdir(parents=True, exist_ok=True)
-    for c in spec.classes:
-        (out / c).mkdir(exist_ok=True)
     fields = FIELDS + (_guess_fields(spec) if classifier is not None else [])
     counts = {"frames": 0, "skipped_frames": 0, "cells": 0}
-    src = open_source(source, max_frames=max_frames)
     total = getattr(src, "total", None) or 0
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for c in spec.classes:
+            (out / c).mkdir(exist_ok=True)
         with open(out / CELLS_CSV, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
