@@ -40,17 +40,19 @@ def _run_table(summary: dict[str, Any]) -> Table:
     adj = summary.get("blast_ratio_adjusted") or {}
     if adj.get("ratio") is not None:
         lo, hi = adj["ci95"]
+        caveat = "; does not hold for these cells, see domain shift" if adj.get("note") else ""
         table.add_row(
             "adjusted",
             f"{adj['ratio']:.3f}  (95% CI {lo:.3f}-{hi:.3f}; corrected for sensitivity "
-            f"{adj['tpr']:.2f} and false-positive rate {adj['fpr']:.2f})",
+            f"{adj['tpr']:.2f} and false-positive rate {adj['fpr']:.2f}{caveat})",
         )
     elif adj.get("reason"):
         table.add_row("adjusted", f"- ({adj['reason']})")
     cal = summary.get("calibration") or {}
     if cal:
         lo_b, hi_b = cal["uncertain_band"]
-        table.add_row("unsure", f"{cal['uncertain']} cells with P(ALL) in [{lo_b}, {hi_b}]")
+        n = cal["uncertain"]
+        table.add_row("unsure", f"{n} cell{'' if n == 1 else 's'} with P(ALL) in [{lo_b}, {hi_b}]")
     table.add_row("domain shift", shift_line(summary.get("domain_shift") or {}))
     fps = summary["throughput"]["frames_per_s"]
     table.add_row("frames/s", fmt(fps, 2))
