@@ -157,6 +157,13 @@ def test_kfold_run_pools_out_of_fold_predictions_and_resumes(
     assert (out / "fold-1" / "predictions.csv").is_file() and (out / "oof.csv").is_file()
     assert (out / "fold-1" / "split.json").read_text() == split_before
 
+    # A run started before a setting existed continues: it had the default then.
+    saved_folds = json.loads((out / "folds.json").read_text())
+    for newer in ("stain_norm", "hed_aug", "freeze_backbone"):
+        saved_folds["config"].pop(newer)
+    (out / "folds.json").write_text(json.dumps(saved_folds))
+    train_folds(_cfg(synth_data, out), 2)
+
     with pytest.raises(RunExistsError, match="img_size 32 -> 48"):
         train_folds(_cfg(synth_data, out, img_size=48), 2)
     with pytest.raises(RunExistsError, match="folds 2 -> 3"):

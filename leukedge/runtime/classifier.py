@@ -266,20 +266,24 @@ class Classifier:
         """Preprocessed (N, 3, S, S) -> float32 logits (N, C), in batches the backend accepts."""
         if len(x) == 0:
             return np.zeros((0, self.spec.num_classes), dtype=np.float32)
-        logits = infer_in_batches(self.backend, x, self.batch_size)
-        bad = ~np.isfinite(logits).all(axis=tuple(range(1, logits.ndim)))
-        if bad.any():  # NaN would turn into a class (argmax) and silently wrong counts
-            raise BackendError(
-                f"{self.backend.name} returned NaN or infinite logits for {int(bad.sum())} of "
-                f"{len(x)} images: the model file or its spec is broken; export the run again"
-            )
-        return logits
+        return self._finite(infer_in_batches(self.backend, x, self.batch_size))
 
     def infer_outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits and penultimate features (None when the model file has no ``features``)."""
         if len(x) == 0:
             return np.zeros((0, self.spec.num_classes), dtype=np.float32), None
-        return infer_outputs_in_batches(self.backend, x, self.batch_size)
+        logits, features = infer_outputs_in_batches(self.backend, x, self.batch_size)
+        return self._finite(logits), features
+
+    def _finite(self, logits: np.ndarray) -> np.ndarray:
+        """The logits, or BackendError: NaN would turn into a class and silently wrong counts."""
+        bad = ~np.isfinite(logits).all(axis=tuple(range(1, logits.ndim)))
+        if bad.any():
+            raise BackendError(
+                f"{self.backend.name} returned NaN or infinite logits for {int(bad.sum())} of "
+                f"{len(logits)} images: the model file or its spec is broken; export the run again"
+            )
+        return logits
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: softmax of the logits over the spec's temperature."""

@@ -207,10 +207,12 @@ def _folds_from_json(data: dict[str, Any], dataset: Dataset) -> Folds:
 
 def _check_same_experiment(saved: dict[str, Any], cfg: TrainConfig, k: int, run: Path) -> None:
     new = cfg.to_dict()
+    # Settings added to leukedge after the run started were at their defaults then.
+    old = {**TrainConfig().to_dict(), **saved["config"]}
     changed = [
-        f"{key} {saved['config'].get(key)!r} -> {new[key]!r}"
+        f"{key} {old.get(key)!r} -> {new[key]!r}"
         for key in new
-        if key not in MAY_CHANGE and saved["config"].get(key) != new[key]
+        if key not in MAY_CHANGE and old.get(key) != new[key]
     ]
     if int(saved["folds"]) != k:
         changed.insert(0, f"folds {saved['folds']} -> {k}")
