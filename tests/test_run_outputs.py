@@ -129,24 +129,35 @@ def temps(folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- names
 
 
-def test_every_input_keeps_its_own_annotated_file(clf: Classifier, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("jpg", {"frame.jpg": "frame.jpg", "frame.png": "frame.png.jpg", "a b.png": "a_b.png.jpg"}),
+        ("png", {"frame.jpg": "frame.jpg.png", "frame.png": "frame.png", "a b.png": "a_b.png"}),
+    ],
+)
+def test_every_input_keeps_its_own_annotated_file(
+    clf: Classifier, tmp_path: Path, fmt: str, expected: dict[str, str]
+) -> None:
     names = ["frame.jpg", "frame.png", "a b.png", "a_b.png", "фото.png", "снимок.png", "X.PNG"]
-    names += ["x.png"]
+    names += ["x.png", "X.JPG", "x.jpg"]
     src = write_images(tmp_path / "in", names)
     out = tmp_path / "out"
-    s = run(clf, str(src), out)
+    s = run(clf, str(src), out, frame_format=fmt)
     assert s["frames"]["processed"] == len(names)
     files = s["outputs"]["annotated_files"]
     assert set(files) == set(names)
     assert len({f.casefold() for f in files.values()}) == len(names)  # also on macOS/Windows
     on_disk = sorted(p.name for p in (out / "annotated").iterdir())
     assert sorted(f.split("/", 1)[1] for f in files.values()) == on_disk
-    assert (
-        files["frame.jpg"] == "annotated/frame.jpg.png" and files["a b.png"] == "annotated/a_b.png"
-    )
+    for name, file in expected.items():
+        assert files[name] == f"annotated/{file}"
+    magic = b"\xff\xd8\xff" if fmt == "jpg" else b"\x89PNG"
+    assert all((out / f).read_bytes().startswith(magic) for f in files.values())
     for r in cells_lines(out):
         assert r["annotated"] == files[r["name"]]
     assert s["outputs"]["annotated_frames"] == len(names)
+    assert s["outputs"]["annotated_format"] == fmt and s["outputs"]["annotated_dropped"] == 0
 
 
 def test_file_names_of_250_characters_are_annotated(clf: Classifier, tmp_path: Path) -> None:
@@ -163,11 +174,11 @@ def test_file_names_of_250_characters_are_annotated(clf: Classifier, tmp_path: P
 def test_a_second_run_replaces_only_what_the_first_wrote(clf: Classifier, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run(clf, frames(3), out)
-    mine = out / "annotated" / "notes.png"
+    mine = out / "annotated" / "notes.jpg"
     mine.write_bytes(b"the user's own file")
     run(clf, frames(2), out)
     assert mine.read_bytes() == b"the user's own file"
-    assert set(os.listdir(out / "annotated")) == {"notes.png", "f000.png", "f001.png"}
+    assert set(os.listdir(out / "annotated")) == {"notes.jpg", "f000.png.jpg", "f001.png.jpg"}
     assert len(cells_lines(out)) == 4
 
 

@@ -508,7 +508,7 @@ def test_pipeline_on_frames_writes_consistent_outputs(
     assert_consistent(out, s)
     assert all(cells == lines for cells, lines, _ in seen)  # flushed per frame
     assert seen[-1][2]["status"] == "running"  # periodic summary before the final one
-    assert len(list((out / "annotated").glob("*.png"))) == s["frames"]["processed"]
+    assert len(list((out / "annotated").glob("*.jpg"))) == s["frames"]["processed"]
     for stage in ("capture", "find", "preprocess", "infer", "end_to_end"):
         assert s["latency_ms"][stage]["n"] > 0 and s["latency_ms"][stage]["p50_ms"] >= 0
     assert s["throughput"]["frames_per_s"] > 0 and s["machine"]["cpu_cores"]
@@ -640,13 +640,13 @@ def test_cli_run_end_to_end_with_corrupt_frames(
     assert all(x["reason"] for x in s["skipped_frames"])
     assert s["backend"]["chosen"] in ("ort-fp32", "ort-int8") and s["backend"]["reason"]
     assert_consistent(out, s)
-    assert len(list((out / "annotated").glob("*.png"))) == n_good
+    assert len(list((out / "annotated").glob("*.jpg"))) == n_good
 
     table = _cli([*args, "--max-frames", "2"])  # rich tables; a second run replaces the outputs
     assert table.exit_code == 0, table.output
     assert "blast ratio" in table.output and "end_to_end" in table.output
     assert read_summary(out)["frames"]["read"] == 2
-    assert len(list((out / "annotated").glob("*.png"))) == 2
+    assert len(list((out / "annotated").glob("*.jpg"))) == 2
 
 
 def test_cli_run_clear_errors(tiny_run: Path, synth_data: Path, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from leukedge.runtime.backends.base import (
     infer_in_batches,
     infer_outputs_in_batches,
 )
-from leukedge.runtime.backends.resolve import Candidate, resolve_candidates
+from leukedge.runtime.backends.resolve import Candidate, OpenOptions, resolve_candidates
 from leukedge.runtime.backends.timing import StopRule, interleave, timed_call
 from leukedge.runtime.shift import ShiftModel, ShiftModelError, find_shift_model
 from leukedge.spec import ModelSpec
@@ -213,6 +213,7 @@ class Classifier:
         device: str = "auto",
         batch: int = DEFAULT_BATCH,
         measure: Measure | None = None,
+        options: OpenOptions | None = None,
     ) -> Classifier:
         """Open ``model`` (run dir, ``.onnx`` or ``.engine``) on the fastest backend here.
 
@@ -220,9 +221,10 @@ class Classifier:
         (measure only those), or one backend such as ``ort-int8``, ``ort-fp16-cuda``,
         ``trt-fp16`` (the names ``leukedge bench`` uses); ``device``: ``auto``,
         ``cpu``, ``cuda`` or ``cuda:N``; ``batch``: the batch size candidates are
-        timed at (the pipeline's ``--batch``).
+        timed at (the pipeline's ``--batch``); ``options``: threads and spinning of ONNX
+        Runtime (:func:`leukedge.runtime.threads.plan_threads` for a pipeline run).
         """
-        candidates, unavailable, notes = resolve_candidates(model, backend, device)
+        candidates, unavailable, notes = resolve_candidates(model, backend, device, options)
         chosen, selection = choose_fastest(candidates, batch, measure)
         selection.unavailable = unavailable
         selection.notes = notes

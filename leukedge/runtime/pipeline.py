@@ -3,7 +3,8 @@
 Two threads share the work. A capture thread reads frames, finds the cells and
 preprocesses their crops, and hands each frame to a bounded queue; the main
 thread takes frames off the queue, classifies their cells and writes the
-results. OpenCV and ONNX Runtime/TensorRT release the GIL, so finding cells in
+results; a writer thread draws, encodes and writes the annotated frames and feeds
+the live page (:mod:`leukedge.runtime.writer`, which states when frames are dropped). OpenCV and ONNX Runtime/TensorRT release the GIL, so finding cells in
 frame *n+1* overlaps classifying frame *n*. When frames arrive faster than the
 model needs for one batch, cells of several frames are classified together (up
 to ``batch`` cells, waiting at most ``max_wait_s`` for more), which is what makes
@@ -45,11 +46,14 @@ from leukedge.runtime.outputs import (
     write_summary,
 )
 from leukedge.runtime.stats import Totals
+from leukedge.runtime.threads import ThreadBudget, plan_threads
+from leukedge.runtime.writer import FrameJob, FrameWriter
 
 if TYPE_CHECKING:
     from leukedge.runtime.cells import Cell, CellFinder
     from leukedge.runtime.classifier import Classifier
     from leukedge.runtime.display import Display
+    from leukedge.runtime.live import LiveFeed
     from leukedge.runtime.sources import Frame, Source
 
 Progress = Callable[[dict[str, Any]], None]
@@ -93,6 +97,7 @@ class CaptureThread(threading.Thread):
         classifier: Classifier,
         out: queue.Queue,
         keep_images: bool,
+        live: LiveFeed | None = None,
     ) -> None:
         super().__init__(name="leukedge-capture", daemon=True)
         self.frames = frames
@@ -100,6 +105,7 @@ class CaptureThread(threading.Thread):
         self.classifier = classifier
         self.out = out
         self.keep_images = keep_images
+        self.live = live
         self.stop = threading.Event()
 
     def put(self, item: FrameWork | End) -> bool:
@@ -121,6 +127,10 @@ class CaptureThread(threading.Thread):
 
     def _loop(self, frames: Iterator[Frame]) -> End:
         while not self.stop.is_set():
+            if self.live is not None:
+                self.live.wait_while_paused(self.stop)
+                if self.stop.is_set():
+                    break
             t0 = time.perf_counter()
             try:
                 frame = next(frames)
@@ -194,6 +204,9 @@ class PipelineSettings:
     summary_interval_s: float
     queue_size: int
     model_name: str | None = None
+    frame_format: str = "jpg"  # annotated frames of image sources: "jpg" or "png"
+    live: LiveFeed | None = None  # the live page's feed (``--serve``)
+    live_interval_s: float = 0.25  # how often the page's numbers are refreshed
 
     def __post_init__(self) -> None:
         for name, least in (
@@ -230,17 +243,32 @@ class Pipeline:
 
             self.display = Display()
         self.annotator = self._annotator() if settings.annotate else None
+        self.live = settings.live
+        self.writer: FrameWriter | None = None
+        if self.annotator is not None or self.live is not None:
+            self.writer = FrameWriter(
+                self.annotator,
+                spec.positive_class,
+                drop=bool(getattr(source, "live", False)) or self.annotator is None,
+                live=self.live,
+            )
         self.cells_out = CellsWriter(settings.out_dir / CELLS_FILE)
         self.capture = CaptureThread(
-            source, finder, classifier, self.queue, keep_images=settings.annotate or settings.show
+            source,
+            finder,
+            classifier,
+            self.queue,
+            keep_images=settings.annotate or settings.show or self.live is not None,
+            live=self.live,
         )
         self.state = RunStatus()
         self.last_summary = self.state.t_start
+        self.last_live = self.state.t_start
 
     def _annotator(self) -> AnnotatedImages | AnnotatedVideo:
         out_dir = self.settings.out_dir
         if getattr(self.source, "kind", "images") == "images":
-            return AnnotatedImages(out_dir)
+            return AnnotatedImages(out_dir, self.settings.frame_format)
         return AnnotatedVideo(out_dir, getattr(self.source, "fps", None))
 
     # ---------------------------------------------------------------- main loop
@@ -250,6 +278,8 @@ class Pipeline:
         state = self.state
         self._write_summary()  # there from the start, for monitors
         with _graceful_sigint(self.capture.stop) as interrupted:
+            if self.writer is not None:
+                self.writer.start()
             self.capture.start()
             try:
                 self._loop()
@@ -384,28 +414,33 @@ class Pipeline:
         labels = [r["class"] for r in records]
         self.totals.count(labels, [r["touches_edge"] for r in records])
         self.totals.count_reliability(labels, [r["uncertain"] for r in records], scores)
-        if work.image is not None and (self.annotator is not None or self.display is not None):
-            probs_of_class = [r["probs"][r["class"]] for r in records]
-            self._draw(work.name, work.image, work.cells, labels, probs_of_class, file)
+        if work.image is not None and (self.writer is not None or self.display is not None):
+            from leukedge.runtime.annotate import count_lines
 
-    def _draw(
-        self,
-        name: str,
-        image: np.ndarray,
-        cells: list[Cell],
-        labels: list[str],
-        probs: list[float],
-        file: str | None = None,
-    ) -> None:
-        from leukedge.runtime.annotate import count_lines, draw_cells, draw_count
+            t = self.totals
+            job = FrameJob(
+                work.index,
+                work.name,
+                work.image,
+                work.t0,
+                cells=work.cells,
+                labels=labels,
+                probs=[r["probs"][r["class"]] for r in records],
+                lines=count_lines(t.cells, t.positive_count, t.positive.upper(), self._fps()),
+                file=file,
+            )
+            if self.display is not None:
+                self._show(job)
+            if self.writer is not None:
+                self.writer.submit(job)
 
-        t = self.totals
-        img = draw_cells(image, cells, labels, probs, positive=t.positive)
-        draw_count(img, count_lines(t.cells, t.positive_count, t.positive.upper(), self._fps()))
-        if isinstance(self.annotator, AnnotatedImages):
-            self.annotator.write(name, img, file)
-        elif self.annotator is not None:
-            self.annotator.write(name, img)
+    def _show(self, job: FrameJob) -> None:
+        """Draw ``job`` here, for the --show window (it lives in the main thread)."""
+        from leukedge.runtime.annotate import draw_cells, draw_count
+
+        img = draw_cells(job.image, job.cells, job.labels, job.probs, positive=self.totals.positive)
+        draw_count(img, job.lines)
+        job.image, job.drawn = img, True
         if self.display is not None and not self.display.show(img):
             self.state.status, self.state.message = "stopped", "window closed"
             self.capture.stop.set()
@@ -416,6 +451,9 @@ class Pipeline:
         if self.totals.frames % self.settings.summary_every == 0 or due:
             self._write_summary()
             self.last_summary = now
+        if self.live is not None and now - self.last_live >= self.settings.live_interval_s:
+            self.live.publish_stats(self._summary())
+            self.last_live = now
         if self.progress is not None:
             self.progress(self.snapshot())
 
@@ -437,6 +475,8 @@ class Pipeline:
                 self.state.message = (self.state.message or "") + failed
         self.cells_out.close()
         try:
+            if self.writer is not None:
+                self.writer.close()  # what is queued is written first
             if self.annotator is not None:
                 self.annotator.close()
         except Exception as e:  # the video could not be finished: the summary still is
@@ -447,6 +487,8 @@ class Pipeline:
             self.display.close()
         self.state.end()
         self._write_summary()
+        if self.live is not None:
+            self.live.publish_stats(self._summary())
 
     def _disk_full(self, e: BaseException) -> str:
         full = e if isinstance(e, DiskFullError) else DiskFullError(self.settings.out_dir, e)
@@ -474,7 +516,7 @@ class Pipeline:
 
     def _summary(self) -> dict[str, Any]:
         """summary.json's content now (:func:`leukedge.runtime.outputs.build_summary`)."""
-        return build_summary(
+        summary = build_summary(
             self.state,
             self.totals,
             self.clf,
@@ -485,6 +527,13 @@ class Pipeline:
             max_wait_s=self.settings.max_wait_s,
             model_name=self.settings.model_name,
         )
+        if self.writer is not None:
+            summary["latency_ms"].update(self.writer.latency_ms())
+            if self.annotator is not None:
+                summary["outputs"].update(self.writer.describe())
+        if self.live is not None:
+            summary["live"] = self.live.describe()
+        return summary
 
     def _write_summary(self) -> None:
         write_summary(self.settings.out_dir, self._summary())
@@ -538,6 +587,9 @@ def run_pipeline(
     queue_size: int = 4,
     progress: Progress | None = None,
     model_name: str | None = None,
+    frame_format: str = "jpg",
+    live: LiveFeed | None = None,
+    threads: ThreadBudget | None = None,
 ) -> dict[str, Any]:
     """Run ``classifier`` on every cell of every frame of ``source``; return summary.json's content.
 
@@ -549,6 +601,10 @@ def run_pipeline(
     it locks for the run (another run into it is refused with
     :class:`~leukedge.io.OutputError`). A full disk ends the run with status
     "failed"; if not even the final summary fits, :class:`~leukedge.io.DiskFullError`.
+    ``frame_format``: annotated frames of image sources as "jpg" (default) or "png";
+    ``live``: a feed for the live page (``--serve``); ``threads``: the run's thread
+    budget (default :func:`~leukedge.runtime.threads.plan_threads`; sizes OpenCV's pool,
+    the classifier was opened with its ONNX Runtime part).
     """
     from leukedge.runtime.cells import CellFinder
 
@@ -570,7 +626,10 @@ def run_pipeline(
         summary_interval_s=summary_interval_s,
         queue_size=queue_size,
         model_name=model_name,
+        frame_format=frame_format,
+        live=live,
     )
+    (threads or plan_threads()).apply_cv2()
     outfolder.prepare(settings.out_dir)
     finder = finder or CellFinder.from_spec(classifier.spec)
     with outfolder.FolderLock(settings.out_dir):
