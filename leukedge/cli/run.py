@@ -121,7 +121,30 @@ def run_command(
     ),
     max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Stop after N frames."),
     annotate: bool = typer.Option(
-        True, "--annotate/--no-annotate", help="Write annotated PNGs / annotated.mp4."
+        True,
+        "--annotate/--no-annotate",
+        help="Write annotated frames (annotated/*.jpg for images, annotated.mp4 for video).",
+    ),
+    frame_format: str = typer.Option(
+        "jpg",
+        "--frame-format",
+        help="Annotated frames of image sources: jpg (fast) or png (lossless, ~13x slower).",
+        callback=params.one_of("--frame-format", ("jpg", "png")),
+    ),
+    serve: str | None = typer.Option(
+        None,
+        "--serve",
+        metavar="[HOST:]PORT",
+        help="Live page in the browser (stream, counts, speed, pause/reset/snapshot) at "
+        "http://HOST:PORT/ while the run lasts; HOST 127.0.0.1 unless given, port 0 picks a "
+        "free one. Needs the [serve] extra.",
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="LEUKEDGE_TOKEN",
+        help="Secret the live page asks for (?token= or the X-Leukedge-Token header); "
+        "required when --serve listens beyond this machine.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of tables."),
 ) -> None:
@@ -137,20 +160,25 @@ def run_command(
     from leukedge.runtime.outfolder import new_run_folder
     from leukedge.runtime.pipeline import run_pipeline
     from leukedge.runtime.sources import open_source
+    from leukedge.runtime.threads import plan_threads
+    from leukedge.serve.server import live_page
 
     if cell_diameter_px is not None and um_per_px is not None:
         raise typer.BadParameter("give --cell-diameter-px or --um-per-px, not both")
+    bind = _serve_bind(serve, token)
+    threads = plan_threads()
     if show:
         from leukedge.runtime.display import require_display
 
         require_display()
     src = open_source(source, max_frames=max_frames)
     try:
+        options = threads.open_options(device)
         if as_json:
-            clf = Classifier.load(model, backend, device, batch)
+            clf = Classifier.load(model, backend, device, batch, options=options)
         else:
             with console.status("choosing the backend (timing each candidate)"):
-                clf = Classifier.load(model, backend, device, batch)
+                clf = Classifier.load(model, backend, device, batch, options=options)
             console.print(f"backend [bold]{clf.backend.name}[/]: {clf.selection.reason}")
             for note in clf.selection.notes:
                 console.print(f"[yellow]note:[/] {escape(note)}")
@@ -158,7 +186,8 @@ def run_command(
             clf.spec, cell_diameter_px=cell_diameter_px, um_per_px=um_per_px
         )
         out_dir = out if out is not None else new_run_folder()
-        with clf:
+        announce = (lambda url: typer.echo(f"live page: {url}", err=True)) if as_json else None
+        with clf, live_page(bind, token, out_dir, src.fps, announce or _announce) as feed:
             summary = _run_with_progress(
                 lambda progress: run_pipeline(
                     clf,
@@ -170,6 +199,9 @@ def run_command(
                     show=show,
                     progress=progress,
                     model_name=str(model),
+                    frame_format=frame_format,
+                    live=feed,
+                    threads=threads,
                 ),
                 src,
                 quiet=as_json,
@@ -196,6 +228,23 @@ def run_command(
         print_shift_warning(summary.get("domain_shift") or {})  # last, where it is seen
     if summary["status"] in ("source_error", "failed"):
         raise typer.Exit(1)
+
+
+def _serve_bind(serve: str | None, token: str | None) -> Any:
+    """--serve and --token checked before anything loads (exit 2 when they cannot work)."""
+    if serve is None:
+        return None
+    from leukedge.serve.bind import check_access, parse_bind
+    from leukedge.serve.server import require_serve
+
+    bind = parse_bind(serve)
+    check_access(bind, token)
+    require_serve()
+    return bind
+
+
+def _announce(url: str) -> None:
+    console.print(f"live page: [bold]{escape(url)}[/] (until the run ends)")
 
 
 def _run_with_progress(
