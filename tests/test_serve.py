@@ -212,6 +212,8 @@ def test_a_run_feeds_the_page_and_records_it(clf: Classifier, tmp_path: Path) ->
     jpeg, meta = feed.wait_frame(0, 0)
     assert jpeg is not None and jpeg[:3] == b"\xff\xd8\xff" and meta["index"] == 5
     assert s["outputs"]["annotated_frames"] == 6  # JPEG bytes shared with the page
+    assert s["settings"]["frame_format"] == "jpg"
+    assert s["settings"]["threads"]["ort_intra_op_threads"] >= 1
 
 
 def test_the_page_alone_needs_no_annotated_output(clf: Classifier, tmp_path: Path) -> None:

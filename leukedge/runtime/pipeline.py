@@ -207,6 +207,7 @@ class PipelineSettings:
     frame_format: str = "jpg"  # annotated frames of image sources: "jpg" or "png"
     live: LiveFeed | None = None  # the live page's feed (``--serve``)
     live_interval_s: float = 0.25  # how often the page's numbers are refreshed
+    threads: ThreadBudget | None = None  # the run's thread budget, reported in the summary
 
     def __post_init__(self) -> None:
         for name, least in (
@@ -474,15 +475,14 @@ class Pipeline:
                 failed = f" (closing the source failed: {e})"
                 self.state.message = (self.state.message or "") + failed
         self.cells_out.close()
-        try:
-            if self.writer is not None:
-                self.writer.close()  # what is queued is written first
-            if self.annotator is not None:
-                self.annotator.close()
-        except Exception as e:  # the video could not be finished: the summary still is
-            full = is_disk_full(e)
-            self.state.status = "failed" if full else "error"
-            self.state.message = self._disk_full(e) if full else f"{type(e).__name__}: {e}"
+        closers = [c.close for c in (self.writer, self.annotator) if c is not None]
+        for close in closers:  # the writer first: what is queued is written before the video ends
+            try:
+                close()
+            except Exception as e:  # a frame or the video could not be finished: the summary is
+                full = is_disk_full(e)
+                self.state.status = "failed" if full else "error"
+                self.state.message = self._disk_full(e) if full else f"{type(e).__name__}: {e}"
         if self.display is not None:
             self.display.close()
         self.state.end()
@@ -533,6 +533,9 @@ class Pipeline:
                 summary["outputs"].update(self.writer.describe())
         if self.live is not None:
             summary["live"] = self.live.describe()
+        summary["settings"]["frame_format"] = self.settings.frame_format
+        if self.settings.threads is not None:
+            summary["settings"]["threads"] = self.settings.threads.to_dict()
         return summary
 
     def _write_summary(self) -> None:
@@ -628,8 +631,10 @@ def run_pipeline(
         model_name=model_name,
         frame_format=frame_format,
         live=live,
+        threads=threads or plan_threads(),
     )
-    (threads or plan_threads()).apply_cv2()
+    if settings.threads is not None:
+        settings.threads.apply_cv2()
     outfolder.prepare(settings.out_dir)
     finder = finder or CellFinder.from_spec(classifier.spec)
     with outfolder.FolderLock(settings.out_dir):
