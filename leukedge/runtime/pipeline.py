@@ -1,15 +1,22 @@
 """Frames in, classified cells out: the loop that runs next to the microscope.
 
-Two threads share the work. A capture thread reads frames, finds the cells and
+Three threads share the work. A capture thread reads frames, finds the cells and
 preprocesses their crops, and hands each frame to a bounded queue; the main
 thread takes frames off the queue, classifies their cells and writes the
-results; a writer thread draws, encodes and writes the annotated frames and feeds
-the live page (:mod:`leukedge.runtime.writer`, which states when frames are dropped). OpenCV and ONNX Runtime/TensorRT release the GIL, so finding cells in
+results; a writer thread draws, encodes and writes the annotated frames and
+feeds the live page (:mod:`leukedge.runtime.writer` states when it drops frames;
+:mod:`leukedge.runtime.threads` sizes the thread pools to the cores). OpenCV and
+ONNX Runtime/TensorRT release the GIL, so finding cells in
 frame *n+1* overlaps classifying frame *n*. When frames arrive faster than the
 model needs for one batch, cells of several frames are classified together (up
 to ``batch`` cells, waiting at most ``max_wait_s`` for more), which is what makes
 GPUs and large models efficient; a slow live source never waits for a batch to
 fill beyond that limit.
+
+The capture thread runs at most ``queue_size`` frames (default 2) ahead of
+inference: enough to keep both threads busy, few enough that a frame's
+end-to-end latency stays near its processing time when inference is the slower
+of the two (with 4, ALL-IDB1 frames on a loaded 2-core CPU waited twice as long).
 
 Memory stays bounded however long the run: at most ``queue_size`` frames wait in
 the queue and at most ``batch`` frames in a batch; per-stage latencies are kept
@@ -587,7 +594,7 @@ def run_pipeline(
     max_frames: int | None = None,
     summary_every: int = 25,
     summary_interval_s: float = 10.0,
-    queue_size: int = 4,
+    queue_size: int = 2,
     progress: Progress | None = None,
     model_name: str | None = None,
     frame_format: str = "jpg",
