@@ -403,6 +403,7 @@ def build_summary(
         "finder": {
             "cell_diameter_px": getattr(finder, "cell_diameter_px", None),
             "um_per_px": getattr(finder, "um_per_px", None),
+            **_finder_reports(finder),
         },
         "settings": {"batch": batch, "max_wait_ms": round(1000 * max_wait_s, 1)},
         "frames": {"read": t.frames, "processed": t.processed, "skipped": t.skipped},
@@ -466,6 +467,18 @@ def reliability(t: Totals, spec: Any, shift: dict[str, Any]) -> dict[str, Any]:
 
 
 _MACHINE: dict[str, Any] | None = None
+
+
+def _finder_reports(finder: Any) -> dict[str, Any]:
+    """The finder's own account of the run, when it gives one: ``scale`` (how often the
+    white-cell size was a guess, with the warning to show); see
+    :meth:`CellFinder.scale_report`."""
+    out: dict[str, Any] = {}
+    for key, method in (("scale", "scale_report"),):
+        report = getattr(finder, method, None)
+        if callable(report):
+            out[key] = report()
+    return out
 
 
 def _machine() -> dict[str, Any]:

@@ -8,7 +8,9 @@ How a frame is read (Romanowsky stains: Giemsa, Wright, May-Grünwald-Giemsa):
    ``cell_diameter_px``, else from ``um_per_px``, else from the frame itself
    (:func:`estimate_cell_diameter`): red cells, all about 7.5 µm, are the
    yardstick, and the granulometry of the red-cell mask gives their size even
-   where they overlap in chains and clumps. All work happens on a reduced
+   where they overlap in chains and clumps. The finder says how far to trust a
+   measured size (:class:`ScaleEstimate`: how many red cells, how consistent;
+   a guess asks for ``--um-per-px`` / ``--cell-diameter-px``). All work happens on a reduced
    *working image* in which a white cell is at most ``Tuning.working_diameter``
    pixels wide; results are mapped back to frame pixels.
 2. **Light.** The slide background is the brightest, most common colour. A smooth
@@ -35,6 +37,7 @@ How a frame is read (Romanowsky stains: Giemsa, Wright, May-Grünwald-Giemsa):
    extent is estimated for the classifier crop (:func:`whole_cell_circle`).
 """
 
+from leukedge.runtime.cells.distance import inside_distance
 from leukedge.runtime.cells.finder import (
     CellFinder,
     Segmentation,
@@ -58,6 +61,9 @@ from leukedge.runtime.cells.masks import (
 from leukedge.runtime.cells.scale import (
     estimate_cell_diameter,
     fill_pale_centres,
+    isolated_red_cells,
+    judge_scale,
+    measure_cell_diameter,
     opening_areas,
     red_cell_diameter,
     red_cell_mask,
@@ -65,12 +71,19 @@ from leukedge.runtime.cells.scale import (
 )
 from leukedge.runtime.cells.split import merge_parts, notch_depth, split_cells
 from leukedge.runtime.cells.stain import StainMaps, background_grid, shrink, stain_maps
-from leukedge.runtime.cells.types import RBC_DIAMETER_UM, WBC_DIAMETER_UM, Cell, Tuning
+from leukedge.runtime.cells.types import (
+    RBC_DIAMETER_UM,
+    WBC_DIAMETER_UM,
+    Cell,
+    ScaleEstimate,
+    Tuning,
+)
 
 __all__ = [
     "Cell",
     "CellFinder",
     "RBC_DIAMETER_UM",
+    "ScaleEstimate",
     "Segmentation",
     "StainMaps",
     "Tuning",
@@ -84,7 +97,11 @@ __all__ = [
     "fill_pale_centres",
     "fill_small_holes",
     "group_peaks",
+    "inside_distance",
+    "isolated_red_cells",
     "join_lobes",
+    "judge_scale",
+    "measure_cell_diameter",
     "merge_parts",
     "notch_depth",
     "nucleus_cores",

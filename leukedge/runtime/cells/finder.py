@@ -5,13 +5,14 @@ that are white cells, in frame pixels. The method is described in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from leukedge.imaging.images import to_bgr_uint8
+from leukedge.runtime.cells.distance import inside_distance
 from leukedge.runtime.cells.markers import (
     add_missing_peaks,
     draw_markers,
@@ -19,10 +20,17 @@ from leukedge.runtime.cells.markers import (
     nucleus_peaks,
 )
 from leukedge.runtime.cells.masks import cell_mask, join_lobes, nucleus_cores, nucleus_mask
-from leukedge.runtime.cells.scale import estimate_cell_diameter
+from leukedge.runtime.cells.scale import judge_scale, measure_cell_diameter
 from leukedge.runtime.cells.split import split_cells
 from leukedge.runtime.cells.stain import StainMaps, background_grid, shrink, stain_maps
-from leukedge.runtime.cells.types import RBC_DIAMETER_UM, WBC_DIAMETER_UM, Cell, Tuning
+from leukedge.runtime.cells.types import (
+    RBC_DIAMETER_UM,
+    SCALE_ADVICE,
+    WBC_DIAMETER_UM,
+    Cell,
+    ScaleEstimate,
+    Tuning,
+)
 from leukedge.validate import (
     MAX_CELL_DIAMETER_PX,
     MAX_CROP_SIDE,
@@ -35,6 +43,9 @@ from leukedge.validate import (
 
 if TYPE_CHECKING:
     from leukedge.spec import ModelSpec
+
+_MIN_WORKING_SIDE = 16  # pixels across the working image at least (below: no room for a cell)
+_MIN_DIAMETER = 4.0  # white cells given as narrower than this (frame px) are not looked for
 
 
 @dataclass
@@ -50,13 +61,16 @@ class Segmentation:
     cells: np.ndarray
     labels: np.ndarray
     boxes: list[tuple[int, int, int, int]]
+    scale_estimate: ScaleEstimate | None = None  # the white-cell size and how far to trust it
 
 
 class CellFinder:
     """Find white cells in BGR frames; see the module docstring for the method.
 
     ``cell_diameter_px`` (white-cell diameter in frame pixels) or ``um_per_px``
-    fixes the scale; without either it is measured on every frame. With a
+    fixes the scale; without either it is measured on every frame, and
+    :attr:`last_scale` says how far to trust it (:meth:`scale_report` for the
+    whole run). With a
     ``spec``, each cell gets ``crop`` from
     :func:`leukedge.imaging.preprocess.crop_cell`, ready for the classifier.
     ``tuning`` keywords override :class:`Tuning` fields.
@@ -77,6 +91,10 @@ class CellFinder:
         self.um_per_px = um_per_px
         self.spec = spec
         self.tuning = Tuning.from_kwargs(**tuning)
+        self.last_scale: ScaleEstimate | None = None  # of the last frame find() measured
+        self._scale_frames = 0
+        self._scale_guessed = 0
+        self._last_guess: ScaleEstimate | None = None
         self._check_crop_side()
 
     def _check_crop_side(self) -> None:
@@ -101,6 +119,26 @@ class CellFinder:
                 "px: check --cell-diameter-px / --um-per-px"
             )
 
+    def scale_report(self) -> dict[str, Any]:
+        """The white-cell size of this finder's frames so far, JSON-ready, for a run's summary.
+
+        ``frames`` found cells in, of them ``guessed`` with a size that is a guess
+        (:class:`ScaleEstimate`), the ``last`` frame's estimate, and a ``warning``
+        asking for ``--um-per-px`` / ``--cell-diameter-px`` when any was a guess.
+        """
+        warning = None
+        if self._last_guess is not None:
+            warning = (
+                f"white-cell size was a guess on {self._scale_guessed} of {self._scale_frames} "
+                f"frames (last: {self._last_guess.reason}): {SCALE_ADVICE}"
+            )
+        return {
+            "frames": self._scale_frames,
+            "guessed": self._scale_guessed,
+            "last": None if self.last_scale is None else self.last_scale.to_dict(),
+            "warning": warning,
+        }
+
     @classmethod
     def from_spec(
         cls,
@@ -121,23 +159,30 @@ class CellFinder:
             return WBC_DIAMETER_UM / float(self.um_per_px)
         return None
 
-    def _working_image(self, bgr: np.ndarray) -> tuple[np.ndarray, StainMaps, float, float]:
-        """(working image, its stain maps, working px per frame px, D in working px).
+    def _working_image(
+        self, bgr: np.ndarray
+    ) -> tuple[np.ndarray, StainMaps, float, float, ScaleEstimate]:
+        """(working image, its stain maps, working px per frame px, D in working px, the scale).
 
         Without a known diameter the scale is measured on the frame itself
         (:meth:`_measure_scale`); then the frame is reduced to the scale where
         D is ``working_diameter`` pixels, unless a copy made while measuring is
         close enough to it. A larger copy is reduced rather than the frame:
         area averaging of a whole frame costs more than the rest of the finder.
+        The working image keeps at least ``_MIN_WORKING_SIDE`` pixels across
+        whatever the diameter (a cell larger than the frame).
         """
         t = self.tuning
-        w = bgr.shape[1]
-        diameter = self.known_diameter
+        h, w = bgr.shape[:2]
+        known = self.known_diameter
         copies: list[tuple[np.ndarray, StainMaps, float]] = []
         bg = None
-        if diameter is None:
-            diameter, copies, bg = self._measure_scale(bgr)
-        scale = min(1.0, t.working_diameter / diameter)
+        if known is None:
+            est, copies, bg = self._measure_scale(bgr)
+        else:
+            est = ScaleEstimate(known, "given")
+        diameter = est.cell_diameter_px
+        scale = min(1.0, max(t.working_diameter / diameter, _MIN_WORKING_SIDE / min(h, w)))
         near = [c for c in copies if abs(scale - c[2]) <= t.reuse_scale * c[2]]
         larger = [c for c in copies if c[2] > scale]
         if near:
@@ -147,18 +192,20 @@ class CellFinder:
             img = shrink(src, scale / src_scale)
             maps = stain_maps(img, bg)
         scale = img.shape[1] / w  # the exact ratio after rounding the size
-        return img, maps, scale, diameter * scale
+        return img, maps, scale, diameter * scale, est
 
     def _measure_scale(
         self, bgr: np.ndarray
-    ) -> tuple[float, list[tuple[np.ndarray, StainMaps, float]], np.ndarray]:
-        """(D in frame pixels, the reduced copies it was measured on, their background grid).
+    ) -> tuple[ScaleEstimate, list[tuple[np.ndarray, StainMaps, float]], np.ndarray]:
+        """(the scale in frame pixels, the reduced copies it was measured on, their background
+        grid).
 
         First on a small coarse copy (``coarse_side``). Where red cells are
         narrower than ``fine_rbc`` pixels there, their outlines and pale
         centres are blurred away, so it is measured again on a larger copy: at
         the working scale the first estimate implies, kept within 1.3-2.5x the
-        coarse scale. That copy usually becomes the working image.
+        coarse scale. That copy usually becomes the working image. With nothing
+        to measure, D is a quarter of the frame's shorter side, flagged a guess.
         """
         t = self.tuning
         h, w = bgr.shape[:2]
@@ -167,49 +214,68 @@ class CellFinder:
         bg = background_grid(small)
         small_maps = stain_maps(small, bg)
         copies = [(small, small_maps, s0)]
-        est = estimate_cell_diameter(small_maps, t)
-        d0 = est if est is not None else min(small.shape[:2]) / 4.0
-        d0 = float(np.clip(d0, 6.0, 1.5 * min(small.shape[:2])))
+        side = min(small.shape[:2])
+        est = measure_cell_diameter(small_maps, t) or judge_scale(
+            ScaleEstimate(side / 4.0, "default"), t
+        )
+        d0 = float(np.clip(est.cell_diameter_px, 6.0, max(6.0, 1.5 * side)))
+        est = replace(est, cell_diameter_px=d0)
         rbc0 = d0 * RBC_DIAMETER_UM / WBC_DIAMETER_UM
-        if est is None or rbc0 >= t.fine_rbc or s0 >= 1.0:
-            return d0 / s0, copies, bg
+        if est.source == "default" or rbc0 >= t.fine_rbc or s0 >= 1.0:
+            return est.scaled(1.0 / s0), copies, bg
         s_work = t.working_diameter / d0 * s0
         s1 = min(1.0, float(np.clip(s_work, 1.3 * s0, 2.5 * s0)))
         fine = shrink(bgr, s1)
         s1 = fine.shape[1] / w
         fine_maps = stain_maps(fine, bg)
         copies.append((fine, fine_maps, s1))
-        est1 = estimate_cell_diameter(fine_maps, t)
-        return (est1 / s1 if est1 is not None else d0 / s0), copies, bg
+        est1 = measure_cell_diameter(fine_maps, t)
+        est = est1.scaled(1.0 / s1) if est1 is not None else est.scaled(1.0 / s0)
+        return est, copies, bg
 
     def segment(self, frame_bgr: np.ndarray) -> Segmentation | None:
-        """Working-scale segmentation of a frame; None when it is too small to hold a cell."""
+        """Working-scale segmentation of a frame; None when it is too small to hold a cell or
+        its white cells are given as narrower than ``_MIN_DIAMETER`` pixels (nothing to see)."""
         bgr = to_bgr_uint8(frame_bgr)
         if min(bgr.shape[:2]) < 8:
             return None
+        known = self.known_diameter
+        if known is not None and known < _MIN_DIAMETER:
+            return None
         t = self.tuning
-        img, maps, scale, d = self._working_image(bgr)
+        img, maps, scale, d, est = self._working_image(bgr)
         nucleus = nucleus_mask(maps, d, t)
         joined = join_lobes(nucleus, d, t)
         cells = cell_mask(maps, joined, d, t)
         cores = nucleus_cores(maps, nucleus, d, t)
-        dist = cv2.distanceTransform(cores, cv2.DIST_L2, 3)
+        dist = inside_distance(cores)
         pts, radii = nucleus_peaks(cores, d, t, dist)
         pts, radii = add_missing_peaks(pts, radii, joined, d, t)
         groups = group_peaks(pts, radii, cores, cells, d, t, dist)
         markers = draw_markers(cores, pts, radii, groups)
         labels, boxes = split_cells(cells, markers, joined, d, t)
-        return Segmentation(scale, d, img, maps, nucleus, joined, cells, labels, boxes)
+        return Segmentation(scale, d, img, maps, nucleus, joined, cells, labels, boxes, est)
+
+    def _note_scale(self, est: ScaleEstimate | None) -> None:
+        self.last_scale = est
+        if est is None:
+            return
+        self._scale_frames += 1
+        if not est.confident:
+            self._scale_guessed += 1
+            self._last_guess = est
 
     def find(self, frame_bgr: np.ndarray) -> list[Cell]:
         """Every white cell of a BGR (or gray/BGRA) frame, in frame pixels, in reading order."""
         arr = np.asarray(frame_bgr)
+        self.last_scale = None
         if arr.size == 0:
             return []
         frame = to_bgr_uint8(arr)
         seg = self.segment(frame)
         if seg is None:
             return []
+        self._note_scale(seg.scale_estimate)
         cells = cells_from_segmentation(seg, frame.shape[:2], self.tuning)
         if self.spec is not None:
             from leukedge.imaging.preprocess import crop_cell

@@ -7,6 +7,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from leukedge.runtime.cells.distance import inside_distance
 from leukedge.runtime.cells.types import Tuning
 
 
@@ -20,7 +21,7 @@ def nucleus_peaks(
     transform of ``cores`` (L2, 3x3 mask) when already computed.
     """
     if dist is None:
-        dist = cv2.distanceTransform(cores, cv2.DIST_L2, 3)
+        dist = inside_distance(cores)
     spacing = max(1.0, tuning.peak_spacing * d)
     half = int(round(spacing))
     deep = dist >= tuning.min_peak * d
@@ -52,12 +53,18 @@ def nucleus_peaks(
     cand = cand[np.argsort(-vals[cand], kind="stable")]
     limit = spacing * spacing
     kept: list[int] = []
-    kept_xy: list[tuple[int, int]] = []
+    near: dict[tuple[int, int], list[tuple[int, int]]] = {}  # kept points by spacing-sized cell
     for i, x, y in zip(cand.tolist(), xs[cand].tolist(), ys[cand].tolist(), strict=True):
-        if any((kx - x) * (kx - x) + (ky - y) * (ky - y) < limit for kx, ky in kept_xy):
+        gx, gy = int(x // spacing), int(y // spacing)
+        if any(
+            (kx - x) * (kx - x) + (ky - y) * (ky - y) < limit
+            for dx in (-1, 0, 1)
+            for dy in (-1, 0, 1)
+            for kx, ky in near.get((gx + dx, gy + dy), ())
+        ):
             continue
         kept.append(i)
-        kept_xy.append((x, y))
+        near.setdefault((gx, gy), []).append((x, y))
     pts = np.stack([xs[kept], ys[kept]], axis=1).astype(np.float64)
     return pts, vals[kept].astype(np.float32)
 
@@ -94,7 +101,7 @@ def add_missing_peaks(
         if cv2.contourArea(c) < min_area:
             continue
         if dist is None:
-            dist = cv2.distanceTransform(joined, cv2.DIST_L2, 3)
+            dist = inside_distance(joined)
         x, y, w, h = cv2.boundingRect(c)
         piece = np.zeros((h, w), np.uint8)
         cv2.drawContours(piece, [c], -1, 1, -1, offset=(-x, -y))
@@ -132,6 +139,34 @@ def _segment_minima(
     return img[ys, xs].min(axis=1)
 
 
+def close_pairs(pts: np.ndarray, reach: float) -> np.ndarray:
+    """Index pairs (i < j) of points at most ``reach`` apart, (n, 2) int, row-major order.
+
+    All pairs at once for a few hundred points; beyond that through a grid of
+    ``reach``-sized cells, so that a frame of noise with thousands of peaks
+    costs time in proportion to them, not to their square.
+    """
+    k = len(pts)
+    if k <= 256:
+        gaps = np.hypot(pts[:, None, 0] - pts[None, :, 0], pts[:, None, 1] - pts[None, :, 1])
+        return np.argwhere(np.triu(gaps <= reach, 1))
+    cells = np.floor(pts / max(reach, 1e-6)).astype(np.int64)
+    members: dict[tuple[int, int], list[int]] = {}
+    for i, (cx, cy) in enumerate(cells.tolist()):
+        members.setdefault((cx, cy), []).append(i)
+    out = []
+    for (cx, cy), own in members.items():
+        others = [
+            j for dx in (-1, 0, 1) for dy in (-1, 0, 1) for j in members.get((cx + dx, cy + dy), ())
+        ]
+        a = np.repeat(np.asarray(own), len(others))
+        b = np.tile(np.asarray(others), len(own))
+        keep = (a < b) & (np.hypot(*(pts[a] - pts[b]).T) <= reach)
+        out.append(np.stack([a[keep], b[keep]], axis=1))
+    pairs = np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
 def group_peaks(
     pts: np.ndarray,
     radii: np.ndarray,
@@ -159,12 +194,11 @@ def group_peaks(
     if k < 2:
         return [0] * k
     parent = list(range(k))
-    gaps = np.hypot(pts[:, None, 0] - pts[None, :, 0], pts[:, None, 1] - pts[None, :, 1])
-    pairs = np.argwhere(np.triu(gaps <= 1.6 * d, 1))
+    pairs = close_pairs(pts, 1.6 * d)
     if len(pairs) == 0:
         return list(range(k))
-    dist_n = cv2.distanceTransform(cores, cv2.DIST_L2, 3) if dist_cores is None else dist_cores
-    dist_c = cv2.distanceTransform(cells, cv2.DIST_L2, 3)
+    dist_n = inside_distance(cores) if dist_cores is None else dist_cores
+    dist_c = inside_distance(cells)
     ix = np.rint(pts).astype(np.intp)
     cell_r = dist_c[ix[:, 1], ix[:, 0]]
     i, j = pairs[:, 0], pairs[:, 1]
@@ -247,5 +281,4 @@ def _whole_cores_labelled(cores: np.ndarray, xy: list[list[int]], groups: list[i
             mixed[c] = True
         owner[c] = g + 1
     owner[mixed] = 0
-    # cv2's stubs type the labels as integer-or-float; connectedComponents gives int32
-    return np.take(owner, comp)  # type: ignore[arg-type]
+    return np.take(owner, np.asarray(comp, dtype=np.intp))

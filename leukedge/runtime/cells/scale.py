@@ -1,18 +1,28 @@
 """Scale: the expected white-cell diameter of a frame, measured on its red cells
-(granulometry of the red-cell mask) or, without them, on its largest nucleus."""
+(granulometry of the red-cell mask) or, without them, on its largest nucleus, and how far
+to trust it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 
 import cv2
 import numpy as np
 
+from leukedge.runtime.cells.distance import inside_distance
 from leukedge.runtime.cells.stain import StainMaps
-from leukedge.runtime.cells.types import RBC_DIAMETER_UM, WBC_DIAMETER_UM, Tuning
+from leukedge.runtime.cells.types import (
+    RBC_DIAMETER_UM,
+    WBC_DIAMETER_UM,
+    ScaleEstimate,
+    Tuning,
+)
 
 _SQUARE3 = np.ones((3, 3), np.uint8)
 _SQUARE3.flags.writeable = False
+_SQUARE5 = np.ones((5, 5), np.uint8)
+_SQUARE5.flags.writeable = False
 
 
 def red_cell_mask(maps: StainMaps, tuning: Tuning) -> np.ndarray:
@@ -65,7 +75,7 @@ def opening_areas(
     radius, over the bounding box of those points only.
     """
     if dist is None:
-        dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_3)
+        dist = inside_distance(mask)
     h, w = mask.shape
     out = np.zeros(len(radii))
     centres = np.empty((h, w), dtype=bool)
@@ -105,7 +115,7 @@ def red_cell_diameter(mask: np.ndarray, radius: float = 8.0, step: float = 1.2) 
     ``radius`` pixels; radii 0.25-2.7x that, ``step`` apart, are opened, and
     the peak is interpolated between them.
     """
-    dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_3)
+    dist = inside_distance(mask)
     inside = dist[dist > 0]
     if inside.size < 50:
         return None
@@ -150,7 +160,31 @@ def _central_window(img: np.ndarray, max_pixels: float) -> np.ndarray:
     return img[y0 : y0 + ch, x0 : x0 + cw]
 
 
-def estimate_cell_diameter(maps: StainMaps, tuning: Tuning = Tuning()) -> float | None:
+def isolated_red_cells(mask: np.ndarray, red_diameter: float) -> tuple[int, float | None]:
+    """(count, coefficient of variation of their diameters) of the isolated red cells.
+
+    Isolated: connected regions of the red-cell mask (pale centres filled) that
+    are round (filling at least 55 % of their box, sides within 1.6 : 1) and
+    0.3-3x the area of one red cell of ``red_diameter``. The bounds are loose so
+    that inconsistent sizes show in the spread; clumps and specks are left out.
+    The CV is None for fewer than 5 such cells.
+    """
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n < 2:
+        return 0, None
+    area = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
+    bw, bh = stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT]
+    disc = np.pi * (red_diameter / 2.0) ** 2
+    round_ = (area >= 0.55 * bw * bh) & (np.maximum(bw, bh) <= 1.6 * np.minimum(bw, bh))
+    ok = round_ & (area >= 0.3 * disc) & (area <= 3.0 * disc)
+    count = int(np.count_nonzero(ok))
+    if count < 5:
+        return count, None
+    eq = 2.0 * np.sqrt(area[ok] / np.pi)
+    return count, float(eq.std() / eq.mean())
+
+
+def measure_cell_diameter(maps: StainMaps, tuning: Tuning = Tuning()) -> ScaleEstimate | None:
     """Expected white-cell diameter in pixels of the image ``maps`` was made from, or None.
 
     Red cells are the yardstick: every smear is full of them and they are all
@@ -162,19 +196,62 @@ def estimate_cell_diameter(maps: StainMaps, tuning: Tuning = Tuning()) -> float 
     everywhere.
 
     With too few red cells (a single-cell crop, a frame of white cells) the
-    largest nucleus is the yardstick instead, taken as 0.75 of its cell.
+    largest nucleus is the yardstick instead, taken as 0.75 of its cell: a
+    guess, flagged so. A red-cell size is a guess too when few red cells were
+    measured, when they are so small here that noise passes for them, or when
+    the isolated ones vary much in size (:func:`judge_scale`).
     """
     h, w = maps.density.shape
     red = red_cell_mask(maps, tuning)
     if cv2.countNonZero(red) >= 0.02 * h * w:
-        red = _central_window(red, tuning.scale_pixels)
-        rbc = red_cell_diameter(fill_pale_centres(red))
+        red = fill_pale_centres(_central_window(red, tuning.scale_pixels))
+        rbc = red_cell_diameter(red)
         if rbc is not None and rbc >= 2.0:  # however coarse: a finer copy can refine it
-            return rbc * WBC_DIAMETER_UM / RBC_DIAMETER_UM
+            count = int(cv2.countNonZero(red) / (np.pi * (rbc / 2.0) ** 2))
+            isolated, cv = isolated_red_cells(red, rbc)
+            est = ScaleEstimate(
+                rbc * WBC_DIAMETER_UM / RBC_DIAMETER_UM,
+                "red cells",
+                red_cells=count,
+                isolated=isolated,
+                cv=cv,
+                red_diameter_px=rbc,
+            )
+            return judge_scale(est, tuning)
     nuc: np.ndarray = (maps.nuclear > tuning.nuclear_od).astype(np.uint8)
-    nuc = cv2.morphologyEx(nuc, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    nuc = cv2.morphologyEx(nuc, cv2.MORPH_CLOSE, _SQUARE5)
     contours, _ = cv2.findContours(nuc, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     biggest = max((cv2.contourArea(c) for c in contours), default=0.0)
     if biggest < 16:
         return None
-    return 2.0 * np.sqrt(biggest / np.pi) / 0.75
+    d = float(2.0 * np.sqrt(biggest / np.pi) / 0.75)
+    return judge_scale(ScaleEstimate(d, "largest nucleus"), tuning)
+
+
+def judge_scale(est: ScaleEstimate, tuning: Tuning = Tuning()) -> ScaleEstimate:
+    """``est`` with its ``reason`` set: why the size is a guess, None when it is not.
+
+    Lengths are those of the image the red cells were measured on, where their
+    width says whether they were resolved at all.
+    """
+    reason: str | None = None
+    if est.source == "given":
+        pass
+    elif est.source == "default":
+        reason = "no red cell and no nucleus to measure it on"
+    elif est.source != "red cells":
+        reason = f"too few red cells to measure, taken from the {est.source}"
+    elif est.red_cells < tuning.scale_red_cells:
+        reason = f"only {est.red_cells} red cells measured"
+    elif est.red_diameter_px is not None and est.red_diameter_px < tuning.scale_red_px:
+        reason = f"red cells only {est.red_diameter_px:.1f} px across where measured"
+    elif est.cv is not None and est.cv > tuning.scale_cv:
+        reason = f"red-cell diameters vary by {est.cv:.0%}"
+    return replace(est, reason=reason)
+
+
+def estimate_cell_diameter(maps: StainMaps, tuning: Tuning = Tuning()) -> float | None:
+    """Expected white-cell diameter in pixels of ``maps``' image, or None: see
+    :func:`measure_cell_diameter`, which also says how far to trust it."""
+    est = measure_cell_diameter(maps, tuning)
+    return None if est is None else est.cell_diameter_px

@@ -6,6 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from leukedge.runtime.cells.distance import inside_distance
 from leukedge.runtime.cells.markers import _root
 from leukedge.runtime.cells.types import Tuning
 
@@ -64,7 +65,7 @@ def _nucleus_gap(lab: np.ndarray, joined: np.ndarray, a: int, b: int) -> float:
     nuc_b = (lab == b) & (joined > 0)
     if not nuc_a.any() or not nuc_b.any():
         return float("inf")
-    dist = cv2.distanceTransform((~nuc_a).astype(np.uint8), cv2.DIST_L2, 3)
+    dist = inside_distance(~nuc_a)
     return float(dist[nuc_b].min())
 
 
@@ -92,7 +93,7 @@ def _nucleus_radii(
     for i in range(1, n + 1):
         np.equal(lab_p, i, out=nuc)
         nuc &= nuc_b
-        out[i] = float(cv2.distanceTransform(nuc.view(np.uint8), cv2.DIST_L2, 3).max())
+        out[i] = float(inside_distance(nuc.view(np.uint8)).max())
     return out
 
 
@@ -181,9 +182,13 @@ def merge_parts(
         border[a] += c
         border[b] += c
     inner = {k: c for k, c in pairs.items() if k[0] > 0}
+    neighbours: dict[int, list[tuple[int, int]]] = {}  # part -> (shared border, neighbour)
+    for (a, b), c in inner.items():
+        neighbours.setdefault(a, []).append((c, b))
+        neighbours.setdefault(b, []).append((c, a))
     parent = list(range(n + 1))
     for i in range(1, n + 1):
-        shared = [(c, b if a == i else a) for (a, b), c in inner.items() if i in (a, b)]
+        shared = neighbours.get(i, [])
         if area[i] == 0 or not shared:
             continue
         c, j = max(shared)
@@ -276,9 +281,9 @@ def split_cells(
         lut = np.zeros(256, dtype=np.int32)
         lut[: single.size] = single
         if len(boxes) <= 255:
-            labels = cv2.LUT(body_id, lut.astype(np.uint8)).astype(np.int32)
+            labels = np.asarray(cv2.LUT(body_id, lut.astype(np.uint8)), dtype=np.int32)
         else:
-            labels = cv2.LUT(body_id, lut)
+            labels = np.asarray(cv2.LUT(body_id, lut), dtype=np.int32)
     else:
         np.take(single, body_id, out=labels)
     for x, y, local, values, number in split_parts:

@@ -1,9 +1,10 @@
-"""What the finder returns and how it is tuned: :class:`Cell`, :class:`Tuning` and the
-cell sizes the scale is read from."""
+"""What the finder returns and how it is tuned: :class:`Cell`, :class:`ScaleEstimate`,
+:class:`Tuning` and the cell sizes the scale is read from."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from typing import Any, cast
 
 import numpy as np
 
@@ -45,6 +46,63 @@ class Cell:
         return float(2.0 * np.sqrt(self.area / np.pi))
 
 
+SCALE_ADVICE = "give --um-per-px or --cell-diameter-px for this microscope"
+
+
+@dataclass(frozen=True)
+class ScaleEstimate:
+    """The expected white-cell diameter of a frame, where it came from and how far to trust it.
+
+    ``source`` is ``"given"`` (``cell_diameter_px`` / ``um_per_px``), ``"red cells"``
+    (the granulometry of the red cells: the reliable yardstick), ``"largest
+    nucleus"`` (too few red cells: a rough guess) or ``"default"`` (nothing to
+    measure: a quarter of the frame's shorter side). For red cells,
+    ``red_cells`` is how many red cells' worth of area was measured, ``isolated``
+    how many lay apart and round enough to compare, and ``cv`` the coefficient of
+    variation of their diameters (None below 5). ``reason`` says why the size is
+    a guess, None when it is not; ``warning`` is the sentence to show then.
+    """
+
+    cell_diameter_px: float
+    source: str
+    red_cells: int = 0
+    isolated: int = 0
+    cv: float | None = None
+    red_diameter_px: float | None = None
+    reason: str | None = None
+
+    @property
+    def confident(self) -> bool:
+        """Whether the size was given or measured on enough, well-resolved, consistent red cells."""
+        return self.reason is None
+
+    @property
+    def warning(self) -> str | None:
+        """What to tell the user when the size is a guess, else None."""
+        if self.reason is None:
+            return None
+        return f"white-cell size is a guess ({self.reason}): {SCALE_ADVICE}"
+
+    def scaled(self, factor: float) -> ScaleEstimate:
+        """The same estimate with its lengths multiplied by ``factor`` (to frame pixels)."""
+        red = None if self.red_diameter_px is None else self.red_diameter_px * factor
+        return replace(self, cell_diameter_px=self.cell_diameter_px * factor, red_diameter_px=red)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, lengths rounded to 0.1 px."""
+        red = self.red_diameter_px
+        return {
+            "cell_diameter_px": round(self.cell_diameter_px, 1),
+            "source": self.source,
+            "confident": self.confident,
+            "red_cells": self.red_cells,
+            "isolated_red_cells": self.isolated,
+            "red_diameter_cv": None if self.cv is None else round(self.cv, 3),
+            "red_diameter_px": None if red is None else round(red, 1),
+            "warning": self.warning,
+        }
+
+
 @dataclass(frozen=True)
 class Tuning:
     """Knobs of the finder. Lengths are fractions of the expected white-cell diameter D.
@@ -82,6 +140,9 @@ class Tuning:
     min_nucleus_area: float = 0.08  # nucleus per cell, x D^2 (a platelet is 0.03-0.1 D^2)
     small_nucleus_area: float = 0.2  # a nucleus smaller than this (x D^2) must be dark:
     small_nucleus_od: float = 0.45  # 95th percentile of its nuclear stain at least this
+    scale_red_cells: float = 10.0  # a scale from fewer red cells than this is a guess,
+    scale_red_px: float = 5.0  # ... or from red cells narrower than this (px) where measured,
+    scale_cv: float = 0.3  # ... or from isolated red cells whose diameters vary more than this
 
     @classmethod
     def from_kwargs(cls, **kwargs: float) -> Tuning:
@@ -89,4 +150,4 @@ class Tuning:
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(f"unknown tuning option(s) {unknown}; known: {sorted(known)}")
-        return cls(**kwargs)
+        return cls(**cast(dict[str, Any], kwargs))

@@ -1,0 +1,253 @@
+"""The finder on frames nobody tuned it for: it never raises, its boxes stay in the frame,
+and it says when its white-cell size is a guess."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from leukedge.runtime.cells import (
+    CellFinder,
+    ScaleEstimate,
+    draw_markers,
+    inside_distance,
+    judge_scale,
+    nucleus_peaks,
+)
+from leukedge.runtime.cells.types import Tuning
+
+BACKGROUND = np.array([228, 226, 222], np.float32)
+RED = np.array([165, 158, 222], np.float32)
+CYTOPLASM = np.array([218, 186, 202], np.float32)
+NUCLEUS = np.array([185, 75, 110], np.float32)
+
+
+def smear(
+    h: int, w: int, seed: int, red_r: float, white_r: float, n_red: int, n_white: int
+) -> np.ndarray:
+    """Red and white cells as discs on a light background (BGR uint8), any size."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = BACKGROUND
+    for _ in range(n_red):
+        c = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        cv2.circle(img, c, max(1, int(red_r)), RED.tolist(), -1)
+    for _ in range(n_white):
+        c = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        cv2.circle(img, c, max(1, int(white_r)), CYTOPLASM.tolist(), -1)
+        cv2.circle(img, c, max(1, int(0.65 * white_r)), NUCLEUS.tolist(), -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def cast(img: np.ndarray, mix: np.ndarray, strength: float, lamp: np.ndarray) -> np.ndarray:
+    """A colour cast of stain and lamp: optical densities mixed by ``mix`` and scaled."""
+    od = np.log1p(BACKGROUND) - np.log1p(img.astype(np.float32))
+    od = cv2.transform(od, (mix * strength).astype(np.float32))
+    out = np.expm1(np.log1p(BACKGROUND * lamp) - od)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> np.ndarray:
+    # one side up to 4000 px; the other keeps the frame under 0.25 Mpx so that the test stays fast
+    a = draw(st.integers(1, 4000))
+    b = draw(st.integers(1, max(1, min(4000, 250_000 // a))))
+    h, w = (a, b) if draw(st.booleans()) else (b, a)
+    kind = draw(st.sampled_from(["smear", "uniform", "noise"]))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        img = np.empty((h, w, 3), np.uint8)
+        img[:] = rng.integers(0, 256, 3)
+    elif kind == "noise":
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    else:
+        side = min(h, w)
+        red_r = draw(st.floats(1, 60)) * (side / 400 if draw(st.booleans()) else 1.0)
+        white_r = red_r * draw(st.floats(0.8, 4.0))
+        img = smear(
+            h,
+            w,
+            seed,
+            red_r,
+            white_r,
+            draw(st.integers(0, 60)),
+            draw(st.integers(0, 6)),
+        )
+    if draw(st.booleans()):
+        mix = np.eye(3) + rng.normal(0, 0.35, (3, 3))
+        img = cast(img, mix, draw(st.floats(0.2, 3.0)), rng.uniform(0.4, 1.0, 3))
+    sigma = draw(st.sampled_from([0.0, 0.0, 1.0, 4.0]))
+    if sigma and min(h, w) > 2:
+        img = cv2.GaussianBlur(img, (0, 0), sigma)
+    noise = draw(st.sampled_from([0, 0, 8, 40]))
+    if noise:
+        img = np.clip(img + rng.normal(0, noise, img.shape), 0, 255).astype(np.uint8)
+    layout = draw(st.sampled_from(["bgr", "bgr", "gray", "bgra", "u16", "float"]))
+    if layout == "gray":
+        return img.mean(axis=2).astype(np.uint8)
+    if layout == "bgra":
+        alpha = np.full((h, w, 1), 255, np.uint8)
+        return np.concatenate([img, alpha], axis=2)
+    if layout == "u16":
+        return img.astype(np.uint16) * 257
+    if layout == "float":
+        return img.astype(np.float32) / 255.0
+    return img
+
+
+def check_cells(frame: np.ndarray, finder: CellFinder) -> None:
+    cells = finder.find(frame)
+    h, w = frame.shape[:2]
+    for c in cells:
+        x0, y0, x1, y1 = c.box
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h, (c.box, frame.shape)
+        assert c.mask.shape == (y1 - y0, x1 - x0) and c.mask.dtype == bool
+        assert 0.0 <= c.score <= 1.0 and c.area > 0
+    est = finder.last_scale
+    if est is not None:
+        assert est.cell_diameter_px > 0 and np.isfinite(est.cell_diameter_px)
+        assert est.confident == (est.warning is None)
+        if not est.confident:
+            assert "--um-per-px" in est.warning and "--cell-diameter-px" in est.warning
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(frames())
+def test_find_never_raises_and_keeps_boxes_in_the_frame(frame: np.ndarray) -> None:
+    check_cells(frame, CellFinder())
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames(), st.floats(8.0, 3000.0))
+def test_given_sizes_never_raise(frame: np.ndarray, diameter: float) -> None:
+    """A given white-cell size may be far off the frame (a cell larger than the frame)."""
+    check_cells(frame, CellFinder(cell_diameter_px=diameter))
+
+
+def test_white_cells_too_small_to_see_are_not_looked_for() -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    assert CellFinder(cell_diameter_px=3.0).find(noise) == []
+
+
+# --------------------------------------------------------------------------- degenerate masks
+
+
+def test_full_mask_has_a_finite_depth() -> None:
+    full = np.ones((23, 31), np.uint8)
+    dist = inside_distance(full)
+    assert np.isfinite(dist).all() and dist.max() == 31
+    part = full.copy()
+    part[0, 0] = 0
+    assert inside_distance(part).max() < 40  # an outside pixel: real distances
+
+
+def test_markers_of_a_nucleus_that_fills_the_working_image() -> None:
+    """A mask with no background used to give a FLT_MAX radius that overflowed cv2.circle."""
+    cores = np.ones((23, 23), np.uint8)
+    pts, radii = nucleus_peaks(cores, 25.0, Tuning())
+    assert len(pts) and np.isfinite(radii).all()
+    markers = draw_markers(cores, pts, radii, [0] * len(pts))
+    assert markers.max() == 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "colour"),
+    [((224, 224, 3), (120, 40, 60)), ((9, 9, 3), (90, 20, 40)), ((3000, 12, 3), (200, 80, 90))],
+)
+def test_a_frame_that_is_all_nucleus(shape: tuple[int, int, int], colour: tuple) -> None:
+    frame = np.empty(shape, np.uint8)
+    frame[:] = colour
+    frame[: shape[0] // 2] = np.array(colour) // 2  # darker half: no background at all
+    check_cells(frame, CellFinder())
+
+
+# --------------------------------------------------------------------------- scale confidence
+
+
+def _smear_with_red_cells(n_red: int, red_r: float, side: int = 480, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.empty((side, side, 3), np.float32)
+    img[:] = BACKGROUND
+    placed: list[tuple[float, float]] = []
+    while len(placed) < n_red:
+        c = rng.uniform(red_r, side - red_r, 2)
+        if all(np.hypot(*(c - p)) > 2.3 * red_r for p in placed):
+            placed.append((float(c[0]), float(c[1])))
+            cv2.circle(img, (int(c[0]), int(c[1])), int(red_r), RED.tolist(), -1, cv2.LINE_AA)
+    cv2.circle(img, (side // 2, side // 2), int(1.6 * red_r), CYTOPLASM.tolist(), -1)
+    cv2.circle(img, (side // 2, side // 2), int(1.05 * red_r), NUCLEUS.tolist(), -1)
+    img = cv2.GaussianBlur(img, (0, 0), 1.0) + rng.normal(0, 2.0, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_scale_from_many_red_cells_is_confident() -> None:
+    finder = CellFinder()
+    finder.find(_smear_with_red_cells(60, 12.0))
+    est = finder.last_scale
+    assert est is not None and est.source == "red cells" and est.confident, est
+    assert est.red_cells >= 30 and est.isolated >= 30 and est.cv is not None and est.cv < 0.15
+    assert 0.8 * 12 * 2 * 12 / 7.5 < est.cell_diameter_px < 1.2 * 12 * 2 * 12 / 7.5
+    assert est.warning is None
+    report = finder.scale_report()
+    assert report["frames"] == 1 and report["guessed"] == 0 and report["warning"] is None
+
+
+def test_scale_from_few_red_cells_is_a_guess_that_says_so() -> None:
+    finder = CellFinder()
+    finder.find(_smear_with_red_cells(4, 30.0))
+    est = finder.last_scale
+    assert est is not None and not est.confident
+    assert "--um-per-px" in est.warning
+    finder.find(_smear_with_red_cells(60, 12.0))
+    report = finder.scale_report()
+    assert report["frames"] == 2 and report["guessed"] == 1
+    assert "1 of 2 frames" in report["warning"] and report["last"]["confident"]
+
+
+def test_a_frame_without_red_cells_or_nuclei_is_a_default_guess() -> None:
+    finder = CellFinder()
+    frame = np.empty((200, 300, 3), np.uint8)
+    frame[:] = BACKGROUND.astype(np.uint8)
+    assert finder.find(frame) == []
+    est = finder.last_scale
+    assert est is not None and est.source == "default" and not est.confident
+
+
+def test_given_scale_is_confident_and_reported() -> None:
+    finder = CellFinder(um_per_px=0.25)
+    finder.find(_smear_with_red_cells(4, 30.0))
+    est = finder.last_scale
+    assert est == ScaleEstimate(48.0, "given") and est.confident
+    assert est.to_dict()["source"] == "given"
+
+
+def test_judge_scale_reasons() -> None:
+    t = Tuning()
+    ok = ScaleEstimate(40.0, "red cells", red_cells=50, isolated=20, cv=0.1, red_diameter_px=25)
+    assert judge_scale(ok, t).confident
+    assert (
+        "only 3 red cells" in judge_scale(ScaleEstimate(40.0, "red cells", red_cells=3), t).reason
+    )
+    tiny = ScaleEstimate(6.0, "red cells", red_cells=90, red_diameter_px=3.8)
+    assert "3.8 px" in judge_scale(tiny, t).reason
+    spread = ScaleEstimate(40.0, "red cells", red_cells=50, cv=0.45, red_diameter_px=25)
+    assert "vary by 45%" in judge_scale(spread, t).reason
+    assert not judge_scale(ScaleEstimate(40.0, "largest nucleus"), t).confident
+
+
+def test_the_run_summary_carries_the_scale_report() -> None:
+    from leukedge.runtime.outputs import _finder_reports
+
+    finder = CellFinder()
+    finder.find(_smear_with_red_cells(4, 30.0))
+    reports = _finder_reports(finder)
+    assert reports["scale"]["guessed"] == 1 and "--um-per-px" in reports["scale"]["warning"]
+    assert _finder_reports(object()) == {}  # a finder without reports adds nothing
