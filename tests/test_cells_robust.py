@@ -18,6 +18,7 @@ from leukedge.runtime.cells import (
     nucleus_peaks,
 )
 from leukedge.runtime.cells.types import Tuning
+from leukedge.validate import MAX_CELL_DIAMETER_PX, MIN_CELL_DIAMETER_PX, UsageError
 
 BACKGROUND = np.array([228, 226, 222], np.float32)
 RED = np.array([165, 158, 222], np.float32)
@@ -126,15 +127,18 @@ def test_find_never_raises_and_keeps_boxes_in_the_frame(frame: np.ndarray) -> No
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(frames(), st.floats(8.0, 3000.0))
+@given(frames(), st.floats(MIN_CELL_DIAMETER_PX, MAX_CELL_DIAMETER_PX))
 def test_given_sizes_never_raise(frame: np.ndarray, diameter: float) -> None:
-    """A given white-cell size may be far off the frame (a cell larger than the frame)."""
+    """A given white-cell size in the accepted range may be far off the frame (a cell larger
+    than the frame)."""
     check_cells(frame, CellFinder(cell_diameter_px=diameter))
 
 
-def test_white_cells_too_small_to_see_are_not_looked_for() -> None:
+def test_white_cells_too_small_to_see_are_refused() -> None:
+    with pytest.raises(UsageError, match="cell_diameter_px"):
+        CellFinder(cell_diameter_px=MIN_CELL_DIAMETER_PX / 2)
     noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
-    assert CellFinder(cell_diameter_px=3.0).find(noise) == []
+    check_cells(noise, CellFinder(cell_diameter_px=MIN_CELL_DIAMETER_PX))
 
 
 # --------------------------------------------------------------------------- degenerate masks

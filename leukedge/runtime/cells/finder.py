@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from leukedge.spec import ModelSpec
 
 _MIN_WORKING_SIDE = 16  # pixels across the working image at least (below: no room for a cell)
-_MIN_DIAMETER = 4.0  # white cells given as narrower than this (frame px) are not looked for
 
 
 @dataclass
@@ -235,12 +234,12 @@ class CellFinder:
 
     def segment(self, frame_bgr: np.ndarray) -> Segmentation | None:
         """Working-scale segmentation of a frame; None when it is too small to hold a cell or
-        its white cells are given as narrower than ``_MIN_DIAMETER`` pixels (nothing to see)."""
+        its white cells are given as narrower than ``MIN_CELL_DIAMETER_PX`` (nothing to see)."""
         bgr = to_bgr_uint8(frame_bgr)
         if min(bgr.shape[:2]) < 8:
             return None
         known = self.known_diameter
-        if known is not None and known < _MIN_DIAMETER:
+        if known is not None and known < MIN_CELL_DIAMETER_PX:
             return None
         t = self.tuning
         img, maps, scale, d, est = self._working_image(bgr)
