@@ -17,13 +17,30 @@ from leukedge.runtime.cells import (
     judge_scale,
     nucleus_peaks,
 )
+from leukedge.runtime.cells.stain import (
+    FIXED_MIX,
+    REFERENCE_OD,
+    REFERENCE_RED,
+    FrameStains,
+    background_grid,
+    frame_stains,
+    stain_maps,
+)
 from leukedge.runtime.cells.types import Tuning
-from leukedge.validate import MAX_CELL_DIAMETER_PX, MIN_CELL_DIAMETER_PX, UsageError
+from leukedge.validate import (
+    FINDER_STAINS,
+    MAX_CELL_DIAMETER_PX,
+    MIN_CELL_DIAMETER_PX,
+    UsageError,
+)
 
 BACKGROUND = np.array([228, 226, 222], np.float32)
 RED = np.array([165, 158, 222], np.float32)
 CYTOPLASM = np.array([218, 186, 202], np.float32)
 NUCLEUS = np.array([185, 75, 110], np.float32)
+# red cells of the reference stain (OD 0.3 along REFERENCE_RED), as on BCCD and ALL-IDB1
+RED_REF = np.array([190, 181, 204], np.float32)
+RED_DARK = np.array([169, 156, 192], np.float32)  # the same stain, OD 0.5
 
 
 def smear(
@@ -121,9 +138,9 @@ def check_cells(frame: np.ndarray, finder: CellFinder) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(frames())
-def test_find_never_raises_and_keeps_boxes_in_the_frame(frame: np.ndarray) -> None:
-    check_cells(frame, CellFinder())
+@given(frames(), st.sampled_from(FINDER_STAINS))
+def test_find_never_raises_and_keeps_boxes_in_the_frame(frame: np.ndarray, stain: str) -> None:
+    check_cells(frame, CellFinder(stain=stain))
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -176,7 +193,9 @@ def test_a_frame_that_is_all_nucleus(shape: tuple[int, int, int], colour: tuple)
 # --------------------------------------------------------------------------- scale confidence
 
 
-def _smear_with_red_cells(n_red: int, red_r: float, side: int = 480, seed: int = 0) -> np.ndarray:
+def _smear_with_red_cells(
+    n_red: int, red_r: float, side: int = 480, seed: int = 0, red: np.ndarray = RED
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = np.empty((side, side, 3), np.float32)
     img[:] = BACKGROUND
@@ -185,7 +204,7 @@ def _smear_with_red_cells(n_red: int, red_r: float, side: int = 480, seed: int =
         c = rng.uniform(red_r, side - red_r, 2)
         if all(np.hypot(*(c - p)) > 2.3 * red_r for p in placed):
             placed.append((float(c[0]), float(c[1])))
-            cv2.circle(img, (int(c[0]), int(c[1])), int(red_r), RED.tolist(), -1, cv2.LINE_AA)
+            cv2.circle(img, (int(c[0]), int(c[1])), int(red_r), red.tolist(), -1, cv2.LINE_AA)
     cv2.circle(img, (side // 2, side // 2), int(1.6 * red_r), CYTOPLASM.tolist(), -1)
     cv2.circle(img, (side // 2, side // 2), int(1.05 * red_r), NUCLEUS.tolist(), -1)
     img = cv2.GaussianBlur(img, (0, 0), 1.0) + rng.normal(0, 2.0, img.shape)
@@ -255,3 +274,70 @@ def test_the_run_summary_carries_the_scale_report() -> None:
     reports = _finder_reports(finder)
     assert reports["scale"]["guessed"] == 1 and "--um-per-px" in reports["scale"]["warning"]
     assert _finder_reports(object()) == {}  # a finder without reports adds nothing
+
+
+# --------------------------------------------------------------------------- the frame's own stain
+
+
+def _od_gains(img: np.ndarray, gains: tuple[float, float, float]) -> np.ndarray:
+    """Re-colour a frame by scaling its optical density per BGR channel (a dye cast)."""
+    return cast(img, np.diag(gains), 1.0, np.ones(3))
+
+
+def test_reference_stain_keeps_the_fixed_maps() -> None:
+    ref = np.asarray(REFERENCE_RED) / np.linalg.norm(REFERENCE_RED)
+    assert FrameStains(ref, float(np.mean(REFERENCE_OD))).mix() is None
+    img = _smear_with_red_cells(60, 12.0, red=RED_REF)
+    bg = background_grid(img)
+    a, b = stain_maps(img, bg), stain_maps(img, bg, FIXED_MIX)
+    assert np.allclose(a.nuclear, b.nuclear, atol=1e-5)
+    assert np.allclose(a.density, b.density, atol=1e-5)
+
+
+def test_a_dark_stain_is_scaled_back_and_a_turned_one_rotated_back() -> None:
+    ref = np.asarray(REFERENCE_RED) / np.linalg.norm(REFERENCE_RED)
+    dark = FrameStains(ref, 2.0 * REFERENCE_OD[1]).mix()
+    assert dark is not None and np.allclose(dark, 0.5 * FIXED_MIX, atol=1e-6)
+    turned = ref * np.array([0.5, 1.0, 1.8])
+    turned /= np.linalg.norm(turned)
+    est = FrameStains(turned, float(np.mean(REFERENCE_OD)))
+    mix = est.mix()
+    assert mix is not None and np.degrees(est.angle) > 15
+    # the turned red-cell stain reads as red cells again: negative nuclear stain
+    assert float(FIXED_MIX[0] @ turned) > 0 > float(mix[0] @ turned)
+
+
+def test_frame_stains_reads_the_red_cells_of_a_smear() -> None:
+    img = _smear_with_red_cells(60, 12.0, red=RED_REF)
+    est = frame_stains(img)
+    assert est is not None
+    od = np.log1p(BACKGROUND) - np.log1p(RED_REF)
+    assert est.red @ (od / np.linalg.norm(od)) > np.cos(np.deg2rad(3))
+    assert 0.2 < est.red_od < 0.4
+    blank = np.empty((100, 100, 3), np.uint8)
+    blank[:] = BACKGROUND.astype(np.uint8)
+    assert frame_stains(blank) is None
+
+
+def test_adaptive_finder_under_a_blue_cast() -> None:
+    """A blue cast turns red cells violet: read as nuclei by OD_red - OD_blue. The adaptive
+    finder reads the frame through its own red-cell stain and finds the one white cell."""
+    img = _od_gains(_smear_with_red_cells(60, 12.0, seed=3, red=RED_DARK), (0.3, 1.0, 3.0))
+    assert len(CellFinder().find(img)) > 3  # red cells pass as white cells
+    cells = CellFinder(stain="adaptive").find(img)
+    assert len(cells) == 1, [c.box for c in cells]
+    x, y = cells[0].centroid
+    assert abs(x - 240) < 8 and abs(y - 240) < 8
+
+
+def test_adaptive_is_fixed_on_reference_colours() -> None:
+    img = _smear_with_red_cells(60, 12.0, red=RED_REF)
+    fixed, adaptive = CellFinder(), CellFinder(stain="adaptive")
+    a, b = fixed.find(img), adaptive.find(img)
+    assert [c.box for c in a] == [c.box for c in b] and len(a) == 1
+    assert adaptive.last_stains is not None and adaptive.last_stains.mix() is None
+
+
+def test_an_unknown_stain_is_refused() -> None:
+    with pytest.raises(UsageError, match="stain must be one of fixed, adaptive"):
+        CellFinder(stain="auto")

@@ -551,3 +551,29 @@ def test_killed_runs_leave_only_complete_files(model_path: Path, tmp_path: Path)
     clf = Classifier.load(model_path, backend="ort", device="cpu")
     s = run(clf, frames(1), out)
     assert s["status"] == "completed" and temps(out) == []
+
+
+def test_cli_run_says_when_the_cell_size_is_a_guess(model_path: Path, tmp_path: Path) -> None:
+    """Noise frames hold no red cells: the size is a guess, said on stderr and in summary.json;
+    the finder's stain option is recorded."""
+    from typer.testing import CliRunner
+
+    from leukedge.cli import app
+
+    src = write_images(tmp_path / "in", ["a.png", "b.png"])
+    out = tmp_path / "out"
+    args = ["run", str(model_path), "--source", str(src), "--backend", "ort-fp32", "--json"]
+    r = CliRunner().invoke(app, [*args, "--out", str(out), "--finder-stain", "adaptive"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    scale = summary["finder"]["scale"]
+    assert summary["finder"]["stain"] == "adaptive"
+    assert scale["frames"] == 2 and scale["guessed"] == 2
+    assert "--um-per-px" in scale["warning"] and "--cell-diameter-px" in scale["warning"]
+    assert "warning:" in r.output and "--um-per-px" in r.output
+    given = CliRunner().invoke(
+        app, [*args, "--out", str(tmp_path / "given"), "--cell-diameter-px", "12"]
+    )
+    assert given.exit_code == 0 and "--um-per-px" not in given.output
+    bad = CliRunner().invoke(app, [*args, "--finder-stain", "auto"])
+    assert bad.exit_code == 2 and "--finder-stain" in bad.output

@@ -151,6 +151,14 @@ def print_shift_warning(shift: dict[str, Any]) -> None:
         err_console.print(f"[bold red]warning:[/] {escape(shift['warning'])}")
 
 
+def print_scale_warning(finder: dict[str, Any]) -> None:
+    """The finder's warning that the white-cell size was a guess, on stderr (see summary.json's
+    ``finder.scale``): counts on a guessed scale may be off, a calibration fixes it."""
+    warning = (finder.get("scale") or {}).get("warning")
+    if warning:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}")
+
+
 @app.callback(invoke_without_command=True)
 def _main(
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),

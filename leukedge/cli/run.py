@@ -17,10 +17,11 @@ from leukedge.cli.common import (
     fmt,
     friendly_errors,
     print_json,
+    print_scale_warning,
     print_shift_warning,
     shift_line,
 )
-from leukedge.validate import MAX_BATCH
+from leukedge.validate import FINDER_STAINS, MAX_BATCH
 
 
 def _run_table(summary: dict[str, Any]) -> Table:
@@ -116,6 +117,14 @@ def run_command(
         help="Microns per pixel of the camera (instead of --cell-diameter-px).",
         callback=params.um_per_px(),
     ),
+    finder_stain: str = typer.Option(
+        "fixed",
+        "--finder-stain",
+        help="How the cell finder tells nuclei from red cells: fixed (tuned on two labs' "
+        "stains) | adaptive (read through each frame's own red-cell stain: for a stain, "
+        "lamp or camera far from those; see benchmarks/results/finder_casts.md).",
+        callback=params.one_of("--finder-stain", FINDER_STAINS),
+    ),
     batch: int = typer.Option(
         8, "--batch", min=1, max=MAX_BATCH, help="Most cells classified in one batch."
     ),
@@ -183,7 +192,7 @@ def run_command(
             for note in clf.selection.notes:
                 console.print(f"[yellow]note:[/] {escape(note)}")
         finder = CellFinder.from_spec(
-            clf.spec, cell_diameter_px=cell_diameter_px, um_per_px=um_per_px
+            clf.spec, cell_diameter_px=cell_diameter_px, um_per_px=um_per_px, stain=finder_stain
         )
         out_dir = out if out is not None else new_run_folder()
         announce = (lambda url: typer.echo(f"live page: {url}", err=True)) if as_json else None
@@ -209,6 +218,7 @@ def run_command(
     finally:
         src.close()
     if as_json:
+        print_scale_warning(summary.get("finder") or {})
         print_shift_warning(summary.get("domain_shift") or {})  # stderr: stdout stays JSON
         print_json(summary)
     else:
@@ -225,6 +235,7 @@ def run_command(
         console.print(
             f"outputs in [bold]{escape(str(out_dir))}[/] (cells.jsonl, summary.json, annotated)"
         )
+        print_scale_warning(summary.get("finder") or {})
         print_shift_warning(summary.get("domain_shift") or {})  # last, where it is seen
     if summary["status"] in ("source_error", "failed"):
         raise typer.Exit(1)

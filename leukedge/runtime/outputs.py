@@ -403,6 +403,7 @@ def build_summary(
         "finder": {
             "cell_diameter_px": getattr(finder, "cell_diameter_px", None),
             "um_per_px": getattr(finder, "um_per_px", None),
+            "stain": getattr(finder, "stain", None),
             **_finder_reports(finder),
         },
         "settings": {"batch": batch, "max_wait_ms": round(1000 * max_wait_s, 1)},

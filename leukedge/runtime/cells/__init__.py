@@ -22,6 +22,11 @@ How a frame is read (Romanowsky stains: Giemsa, Wright, May-Grünwald-Giemsa):
    lets red through. ``nuclear = OD_red - OD_blue`` is therefore high on nuclei
    and platelets, near zero on the background and negative on red cells;
    ``density = mean OD`` separates any cell material from the background.
+   The thresholds were tuned on two labs' stains. With ``stain="adaptive"`` the
+   frame's own red-cell stain (:func:`frame_stains`: the median OD colour of its
+   stained pixels, most of them red cells) is measured first, and a frame
+   outside the tuned range is rotated and scaled back into it
+   (:meth:`FrameStains.mix`) before these two maps are read.
 4. **Cells.** Nuclear-stain pixels form the nucleus mask. Cut along the thin pale
    lines between pressed nuclei (:func:`nucleus_cores`), its distance transform
    has one peak per round nuclear body; bodies are grouped into cells
@@ -70,7 +75,14 @@ from leukedge.runtime.cells.scale import (
     shrink_mask,
 )
 from leukedge.runtime.cells.split import merge_parts, notch_depth, split_cells
-from leukedge.runtime.cells.stain import StainMaps, background_grid, shrink, stain_maps
+from leukedge.runtime.cells.stain import (
+    FrameStains,
+    StainMaps,
+    background_grid,
+    frame_stains,
+    shrink,
+    stain_maps,
+)
 from leukedge.runtime.cells.types import (
     RBC_DIAMETER_UM,
     WBC_DIAMETER_UM,
@@ -82,6 +94,7 @@ from leukedge.runtime.cells.types import (
 __all__ = [
     "Cell",
     "CellFinder",
+    "FrameStains",
     "RBC_DIAMETER_UM",
     "ScaleEstimate",
     "Segmentation",
@@ -95,6 +108,7 @@ __all__ = [
     "draw_markers",
     "estimate_cell_diameter",
     "fill_pale_centres",
+    "frame_stains",
     "fill_small_holes",
     "group_peaks",
     "inside_distance",

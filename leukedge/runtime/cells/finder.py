@@ -22,7 +22,14 @@ from leukedge.runtime.cells.markers import (
 from leukedge.runtime.cells.masks import cell_mask, join_lobes, nucleus_cores, nucleus_mask
 from leukedge.runtime.cells.scale import judge_scale, measure_cell_diameter
 from leukedge.runtime.cells.split import split_cells
-from leukedge.runtime.cells.stain import StainMaps, background_grid, shrink, stain_maps
+from leukedge.runtime.cells.stain import (
+    FrameStains,
+    StainMaps,
+    background_grid,
+    frame_stains,
+    shrink,
+    stain_maps,
+)
 from leukedge.runtime.cells.types import (
     RBC_DIAMETER_UM,
     SCALE_ADVICE,
@@ -32,12 +39,14 @@ from leukedge.runtime.cells.types import (
     Tuning,
 )
 from leukedge.validate import (
+    FINDER_STAINS,
     MAX_CELL_DIAMETER_PX,
     MAX_CROP_SIDE,
     MAX_UM_PER_PX,
     MIN_CELL_DIAMETER_PX,
     MIN_UM_PER_PX,
     UsageError,
+    choice,
     finite,
 )
 
@@ -72,6 +81,10 @@ class CellFinder:
     whole run). With a
     ``spec``, each cell gets ``crop`` from
     :func:`leukedge.imaging.preprocess.crop_cell`, ready for the classifier.
+    ``stain`` is how nuclei are told from red cells: ``"fixed"`` (OD_red - OD_blue,
+    thresholds tuned on BCCD and ALL-IDB1) or ``"adaptive"`` (the same, read through
+    the frame's own red-cell stain: :class:`leukedge.runtime.cells.stain.FrameStains`,
+    for smears stained or photographed unlike those; :attr:`last_stains`).
     ``tuning`` keywords override :class:`Tuning` fields.
     """
 
@@ -80,8 +93,13 @@ class CellFinder:
         cell_diameter_px: float | None = None,
         um_per_px: float | None = None,
         spec: ModelSpec | None = None,
+        stain: str = "fixed",
         **tuning: float,
     ) -> None:
+        self.stain = choice(stain, "stain", FINDER_STAINS)
+        self.last_stains: FrameStains | None = None  # adaptive: the last frame's own stains
+        self._mix: np.ndarray | None = None
+        self._mix_ready = False
         if cell_diameter_px is not None:
             finite(cell_diameter_px, "cell_diameter_px", MIN_CELL_DIAMETER_PX, MAX_CELL_DIAMETER_PX)
         if um_per_px is not None:
@@ -144,10 +162,11 @@ class CellFinder:
         spec: ModelSpec,
         cell_diameter_px: float | None = None,
         um_per_px: float | None = None,
+        stain: str = "fixed",
         **tuning: float,
     ) -> CellFinder:
         """A finder whose cells come with classifier-ready crops for ``spec``."""
-        return cls(cell_diameter_px, um_per_px, spec=spec, **tuning)
+        return cls(cell_diameter_px, um_per_px, spec=spec, stain=stain, **tuning)
 
     @property
     def known_diameter(self) -> float | None:
@@ -189,7 +208,7 @@ class CellFinder:
         else:
             src, src_scale = (larger[0][0], larger[0][2]) if larger else (bgr, 1.0)
             img = shrink(src, scale / src_scale)
-            maps = stain_maps(img, bg)
+            maps = self._stain_maps(img, bg)
         scale = img.shape[1] / w  # the exact ratio after rounding the size
         return img, maps, scale, diameter * scale, est
 
@@ -211,7 +230,7 @@ class CellFinder:
         s0 = min(1.0, t.coarse_side / max(h, w))
         small = shrink(bgr, s0)
         bg = background_grid(small)
-        small_maps = stain_maps(small, bg)
+        small_maps = self._stain_maps(small, bg)
         copies = [(small, small_maps, s0)]
         side = min(small.shape[:2])
         est = measure_cell_diameter(small_maps, t) or judge_scale(
@@ -226,11 +245,26 @@ class CellFinder:
         s1 = min(1.0, float(np.clip(s_work, 1.3 * s0, 2.5 * s0)))
         fine = shrink(bgr, s1)
         s1 = fine.shape[1] / w
-        fine_maps = stain_maps(fine, bg)
+        fine_maps = self._stain_maps(fine, bg)
         copies.append((fine, fine_maps, s1))
         est1 = measure_cell_diameter(fine_maps, t)
         est = est1.scaled(1.0 / s1) if est1 is not None else est.scaled(1.0 / s0)
         return est, copies, bg
+
+    def _stain_maps(self, img: np.ndarray, bg: np.ndarray | None) -> StainMaps:
+        """:func:`stain_maps` of one copy of the frame; ``adaptive`` reads them through the
+        frame's own red-cell stain (:func:`frame_stains`), estimated on the first copy (the
+        smallest) and kept for the others; fixed maps when it cannot be estimated or lies
+        within the range the finder was tuned on."""
+        if self.stain == "fixed":
+            return stain_maps(img, bg)
+        if bg is None:
+            bg = background_grid(img)
+        if not self._mix_ready:
+            self.last_stains = frame_stains(img, bg)
+            self._mix = None if self.last_stains is None else self.last_stains.mix()
+            self._mix_ready = True
+        return stain_maps(img, bg, self._mix)
 
     def segment(self, frame_bgr: np.ndarray) -> Segmentation | None:
         """Working-scale segmentation of a frame; None when it is too small to hold a cell or
@@ -242,6 +276,7 @@ class CellFinder:
         if known is not None and known < MIN_CELL_DIAMETER_PX:
             return None
         t = self.tuning
+        self._mix_ready, self.last_stains = False, None
         img, maps, scale, d, est = self._working_image(bgr)
         nucleus = nucleus_mask(maps, d, t)
         joined = join_lobes(nucleus, d, t)

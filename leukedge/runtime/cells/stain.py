@@ -98,15 +98,27 @@ class StainMaps:
     density: np.ndarray  # mean OD: any cell material > 0
 
 
-def stain_maps(img: np.ndarray, bg: np.ndarray | None = None) -> StainMaps:
+def stain_maps(
+    img: np.ndarray, bg: np.ndarray | None = None, mix: np.ndarray | None = None
+) -> StainMaps:
     """Optical densities relative to the background, reduced to two stain measures.
 
     ``bg`` is a :func:`background_grid` (of this image or of another size of the
     same frame: it covers the frame whatever its resolution); fitted here when None.
+    ``mix`` (2, 3) weighs the BGR optical densities into the nuclear stain and the
+    density (:meth:`FrameStains.mix`); None is ``FIXED_MIX``: OD_red - OD_blue and
+    the mean OD.
     """
     h, w = img.shape[:2]
     if bg is None:
         bg = background_grid(img)
+    if mix is not None:
+        od = optical_densities(img, bg)
+        nuc_w, dens_w = np.asarray(mix, np.float32)
+        return StainMaps(
+            nuclear=cv2.transform(od, nuc_w.reshape(1, 3)),
+            density=cv2.transform(od, dens_w.reshape(1, 3)),
+        )
     nuclear = cv2.resize(
         np.ascontiguousarray(bg[..., 2] - bg[..., 0]), (w, h), interpolation=cv2.INTER_LINEAR
     )
@@ -120,3 +132,94 @@ def stain_maps(img: np.ndarray, bg: np.ndarray | None = None) -> StainMaps:
     np.subtract(density, total, out=density)
     np.subtract(nuclear, np.subtract(r, b, out=r), out=nuclear)
     return StainMaps(nuclear=nuclear, density=density)
+
+
+# --------------------------------------------------------------------------- the frame's own stains
+
+# The red-cell stain the finder's thresholds were tuned under (BCCD and ALL-IDB1): the
+# median unit OD vector (BGR) of a frame's stained pixels, most of them red cells, lies
+# within REFERENCE_RED_TOLERANCE of REFERENCE_RED, and their median OD within
+# REFERENCE_OD. `python benchmarks/finder_casts.py --fit-reference` measures them again.
+REFERENCE_RED = (0.60, 0.75, 0.29)
+REFERENCE_RED_TOLERANCE = np.deg2rad(8.0)
+REFERENCE_OD = (0.18, 0.38)
+FIXED_MIX = np.array([[-1.0, 0.0, 1.0], [1 / 3, 1 / 3, 1 / 3]], np.float32)  # OD_r - OD_b, mean OD
+STAINED_OD = 0.06  # pixels with less OD (vector norm) than this are slide, not stain
+_MIN_STAINED = 200  # fewer stained pixels: nothing to read the stain from
+_MAX_SAMPLE = 8_000  # OD pixels the stain is read from (a median needs no more)
+
+
+@dataclass(frozen=True)
+class FrameStains:
+    """A frame's red-cell stain: its direction in OD space (unit, BGR) and its strength (the
+    median OD of stained pixels); :meth:`mix` turns it into the weights of :func:`stain_maps`."""
+
+    red: np.ndarray
+    red_od: float
+
+    @property
+    def angle(self) -> float:
+        """Radians between this frame's red-cell stain and the reference's."""
+        ref = np.asarray(REFERENCE_RED, np.float64)
+        cos = float(self.red @ ref / np.linalg.norm(ref))
+        return float(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+    def mix(self) -> np.ndarray | None:
+        """(2, 3) weights: OD channels -> (nuclear stain, density) as the thresholds expect.
+
+        The frame's OD space is rotated (about the axis normal to both) so that its
+        red-cell stain comes within ``REFERENCE_RED_TOLERANCE`` of the reference,
+        and scaled so that its stain strength comes within ``REFERENCE_OD``; then
+        read as :data:`FIXED_MIX` reads it. A frame already within both (the labs
+        the finder was tuned on) keeps the fixed maps exactly: None. Rotating the whole
+        space moves nuclei with the red cells: a cast that turns red cells violet
+        (read as nuclei by OD_red - OD_blue) turns nuclei further violet too.
+        """
+        ref = np.asarray(REFERENCE_RED, np.float64)
+        ref /= np.linalg.norm(ref)
+        theta = max(0.0, self.angle - REFERENCE_RED_TOLERANCE)
+        axis = np.cross(self.red, ref)
+        norm = float(np.linalg.norm(axis))
+        rot = np.eye(3)
+        if theta > 0 and norm > 1e-9:
+            k = axis / norm
+            kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+            rot = np.eye(3) + np.sin(theta) * kx + (1 - np.cos(theta)) * (kx @ kx)
+        lo, hi = REFERENCE_OD
+        gain = float(np.clip(self.red_od, lo, hi) / max(self.red_od, 1e-6))
+        if theta == 0 and gain == 1.0:
+            return None
+        return (FIXED_MIX.astype(np.float64) @ (gain * rot)).astype(np.float32)
+
+
+def optical_densities(img: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Per-channel OD (H, W, 3) float32 of ``img`` relative to a :func:`background_grid`."""
+    h, w = img.shape[:2]
+    od = np.asarray(cv2.resize(bg, (w, h), interpolation=cv2.INTER_LINEAR), np.float32)
+    return np.subtract(od, np.asarray(cv2.LUT(img, _LOG_LUT), np.float32), out=od)
+
+
+def frame_stains(img: np.ndarray, bg: np.ndarray | None = None) -> FrameStains | None:
+    """The frame's red-cell stain, or None when it holds too few stained pixels.
+
+    A smear's stained pixels are mostly red cells, so the median of their unit OD
+    vectors is the red-cell stain whatever the white cells and platelets (within
+    1-3 degrees of the mean over a red-cell mask on BCCD and ALL-IDB1, cast or not).
+    Macenko's plane and extreme angles (:func:`leukedge.imaging.stain.stain_vectors`,
+    right for a crop of one cell or tissue) wander by 20-30 degrees on whole smear
+    frames under a cast: their few nuclei do not make an extreme of their own.
+    """
+    if bg is None:
+        bg = background_grid(img)
+    od = optical_densities(img, bg).reshape(-1, 3)
+    od = od[:: -(-len(od) // _MAX_SAMPLE)]
+    norm = np.linalg.norm(od, axis=1)
+    keep = norm > STAINED_OD
+    if np.count_nonzero(keep) < _MIN_STAINED:
+        return None
+    unit = od[keep] / norm[keep, None]
+    red = np.median(unit, axis=0)
+    red_norm = float(np.linalg.norm(red))
+    if not red_norm > 0:
+        return None
+    return FrameStains(red / red_norm, float(np.median(norm[keep])))
