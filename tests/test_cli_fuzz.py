@@ -108,6 +108,7 @@ CASES: list[tuple[str, ...]] = [
             ("--batch", "0"),
             ("--max-frames", "0"),
             ("--backend", "bogus"),
+            ("--finder-stain", "bogus"),
         )
     ),
     ("run", "{model}", "--source", "{missing}", "--out", "{out}"),
