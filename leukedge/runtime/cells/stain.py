@@ -136,17 +136,19 @@ def stain_maps(
 
 # --------------------------------------------------------------------------- the frame's own stains
 
-# The red-cell stain the finder's thresholds were tuned under (BCCD and ALL-IDB1): the
-# median unit OD vector (BGR) of a frame's stained pixels, most of them red cells, lies
-# within REFERENCE_RED_TOLERANCE of REFERENCE_RED, and their median OD within
-# REFERENCE_OD. `python benchmarks/finder_casts.py --fit-reference` measures them again.
+# The red-cell stain the finder's thresholds were tuned under (BCCD and ALL-IDB1 frames):
+# the median unit OD vector (BGR) of a frame's stained pixels, most of them red cells,
+# averages REFERENCE_RED (95 % of those frames within 13 degrees of it) and their median
+# OD spans REFERENCE_OD (5th-95th percentile); `python benchmarks/finder_casts.py
+# --fit-reference` measures them again. Frames within REFERENCE_RED_TOLERANCE are left
+# alone: at 4 degrees, uncast BCCD frames lost 3 points of recall.
 REFERENCE_RED = (0.60, 0.75, 0.29)
 REFERENCE_RED_TOLERANCE = np.deg2rad(8.0)
 REFERENCE_OD = (0.18, 0.38)
 FIXED_MIX = np.array([[-1.0, 0.0, 1.0], [1 / 3, 1 / 3, 1 / 3]], np.float32)  # OD_r - OD_b, mean OD
 STAINED_OD = 0.06  # pixels with less OD (vector norm) than this are slide, not stain
 _MIN_STAINED = 200  # fewer stained pixels: nothing to read the stain from
-_MAX_SAMPLE = 8_000  # OD pixels the stain is read from (a median needs no more)
+_MAX_SAMPLE = 3_000  # pixels (a regular grid) the stain is read from: a median needs no more
 
 
 @dataclass(frozen=True)
@@ -211,15 +213,18 @@ def frame_stains(img: np.ndarray, bg: np.ndarray | None = None) -> FrameStains |
     """
     if bg is None:
         bg = background_grid(img)
-    od = optical_densities(img, bg).reshape(-1, 3)
-    od = od[:: -(-len(od) // _MAX_SAMPLE)]
-    norm = np.linalg.norm(od, axis=1)
+    h, w = img.shape[:2]
+    step = max(1, int(np.sqrt(h * w / _MAX_SAMPLE)))
+    od = optical_densities(np.ascontiguousarray(img[::step, ::step]), bg).reshape(-1, 3)
+    norm = np.sqrt(np.einsum("ij,ij->i", od, od))
     keep = norm > STAINED_OD
     if np.count_nonzero(keep) < _MIN_STAINED:
         return None
-    unit = od[keep] / norm[keep, None]
-    red = np.median(unit, axis=0)
+    strength = norm[keep]
+    unit = np.ascontiguousarray(od[keep].T) / strength  # (3, n): channels in rows
+    mid = len(strength) // 2  # medians by partition, not np.median: a third of the time
+    red = np.partition(unit, mid, axis=1)[:, mid]
     red_norm = float(np.linalg.norm(red))
     if not red_norm > 0:
         return None
-    return FrameStains(red / red_norm, float(np.median(norm[keep])))
+    return FrameStains(red / red_norm, float(np.partition(strength, mid)[mid]))
