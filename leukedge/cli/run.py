@@ -21,6 +21,7 @@ from leukedge.cli.common import (
     print_shift_warning,
     shift_line,
 )
+from leukedge.cli.count_report import count_table
 from leukedge.validate import FINDER_STAINS, MAX_BATCH
 
 
@@ -129,6 +130,14 @@ def run_command(
         8, "--batch", min=1, max=MAX_BATCH, help="Most cells classified in one batch."
     ),
     max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Stop after N frames."),
+    count: int | None = typer.Option(
+        None,
+        "--count",
+        min=1,
+        max=1_000_000,
+        help="Differential count: stop once N white cells are counted, each cell once "
+        "however many frames it is in (100-200 is usual).",
+    ),
     annotate: bool = typer.Option(
         True,
         "--annotate/--no-annotate",
@@ -157,7 +166,10 @@ def run_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of tables."),
 ) -> None:
-    """Find, classify and count white cells in frames; writes cells.jsonl, summary.json, annotated frames.
+    """Find, classify and count white cells in frames; writes cells.jsonl, summary.json, report.html.
+
+    Each cell is counted once across frames (stage motion, matched positions);
+    report.html shows every counted cell's picture for review.
 
     Ctrl-C (or q in the --show window) stops cleanly with every output written.
     Exit code 1 when the source failed mid-stream or the disk filled up (outputs up
@@ -211,6 +223,7 @@ def run_command(
                     frame_format=frame_format,
                     live=feed,
                     threads=threads,
+                    count=count,
                 ),
                 src,
                 quiet=as_json,
@@ -224,6 +237,9 @@ def run_command(
     else:
         console.print(_run_table(summary))
         console.print(_latency_table(summary))
+        counted = count_table(summary)
+        if counted is not None:
+            console.print(counted)
         for skip in summary["skipped_frames"][:10]:
             console.print(f"[yellow]skipped[/] {escape(skip['name'])}: {escape(skip['reason'])}")
         if summary["frames"]["skipped"] > 10:
@@ -232,10 +248,16 @@ def run_command(
             console.print(f"[yellow]warning:[/] {escape(warning)}")
         if summary["message"]:
             console.print(f"[yellow]{summary['status']}:[/] {escape(summary['message'])}")
+        report = " report.html," if summary["outputs"].get("report") else ""
         console.print(
-            f"outputs in [bold]{escape(str(out_dir))}[/] (cells.jsonl, summary.json, annotated)"
+            f"outputs in [bold]{escape(str(out_dir))}[/] (cells.jsonl, summary.json,{report} "
+            "annotated)"
         )
         print_scale_warning(summary.get("finder") or {})
+        if summary["outputs"].get("report_error"):
+            console.print(
+                f"[yellow]report.html not written:[/] {summary['outputs']['report_error']}"
+            )
         print_shift_warning(summary.get("domain_shift") or {})  # last, where it is seen
     if summary["status"] in ("source_error", "failed"):
         raise typer.Exit(1)

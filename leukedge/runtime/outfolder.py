@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from leukedge.io import OutputError, sweep_stale_temps
+from leukedge.runtime.gallery import REPORT_FILE, TRACKS_FILE, remove_report
 from leukedge.runtime.outputs import (
     ANNOTATED_DIR,
     ANNOTATED_VIDEO,
@@ -120,14 +121,17 @@ def clear_previous(out_dir: Path) -> None:
     """Remove the files an earlier run wrote here, so outputs of two runs never mix.
 
     Only what an earlier leukedge run claims: its summary.json, cells.jsonl, the
-    annotated video it names and the annotated PNGs it lists. Files of those names
+    annotated video it names, the annotated PNGs it lists and its report.html,
+    tracks.jsonl and cell pictures. Files of those names
     that are not leukedge's make the run refuse the folder.
     """
     summary = _previous_summary(out_dir)
     cells = out_dir / CELLS_FILE
     if summary is None:
         strangers = [
-            n for n in (ANNOTATED_VIDEO, ANNOTATED_VIDEO_FALLBACK) if os.path.lexists(out_dir / n)
+            n
+            for n in (ANNOTATED_VIDEO, ANNOTATED_VIDEO_FALLBACK, REPORT_FILE, TRACKS_FILE)
+            if os.path.lexists(out_dir / n)
         ]
         if os.path.lexists(cells) and not _is_cells_file(cells):
             strangers.append(CELLS_FILE)
@@ -152,6 +156,7 @@ def clear_previous(out_dir: Path) -> None:
             p = out_dir / str(rel)
             if isinstance(rel, str) and p.parent == folder:  # nothing outside annotated/
                 _remove(p)
+    remove_report(out_dir, outputs)
     _remove(out_dir / SUMMARY_FILE)
 
 

@@ -8,6 +8,9 @@ OUT/
   annotated/      one JPEG (or PNG: frame_format) per input image (image sources;
                   summary.json's outputs.annotated_files maps each input to its file), or
   annotated.mp4   the annotated stream (video files, cameras, streams), named when it ends
+  report.html     the count of each cell once and every cell's picture for review, with
+  thumbs/         the pictures and tracks.jsonl (one line per unique cell), written at the
+  tracks.jsonl    end (see :mod:`leukedge.runtime.gallery`)
   .leukedge.lock  held while a run writes OUT (see :mod:`leukedge.runtime.outfolder`)
 ```
 A crash or Ctrl-C at any moment leaves every finished frame in cells.jsonl and a
@@ -62,7 +65,8 @@ MAX_NAME_CHARS = 150  # of an input's name in its annotated file name (NAME_MAX 
 SUMMARY_VERSION = 1
 COUNT_NOTE = (
     "counts are per detection: on a video or camera a cell seen in several frames counts in "
-    "each; edge cells (touches_edge) are counted and listed, their class is less certain"
+    "each (unique_cells counts each cell once); edge cells (touches_edge) are counted and "
+    "listed, their class is less certain"
 )
 UNCERTAIN_NOTE = (
     "probabilities are temperature-scaled (fitted on the validation split); cells whose ALL "

@@ -61,7 +61,9 @@ if TYPE_CHECKING:
     from leukedge.runtime.classifier import Classifier
     from leukedge.runtime.display import Display
     from leukedge.runtime.live import LiveFeed
+    from leukedge.runtime.session import CountSession
     from leukedge.runtime.sources import Frame, Source
+    from leukedge.runtime.tracking import FrameMotion
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -78,6 +80,8 @@ class FrameWork:
     x: np.ndarray | None = None  # (n_cells, 3, S, S) float32
     stains: np.ndarray | None = None  # (n_cells, 6) stain statistics for the shift score
     error: str | None = None
+    motion: FrameMotion | None = None  # where the frame lies on the slide (count session)
+    thumbs: list[np.ndarray] | None = None  # the cells' pictures for the review gallery
     capture_s: float = 0.0
     find_s: float = 0.0
     preprocess_s: float = 0.0
@@ -105,8 +109,10 @@ class CaptureThread(threading.Thread):
         out: queue.Queue,
         keep_images: bool,
         live: LiveFeed | None = None,
+        session: CountSession | None = None,
     ) -> None:
         super().__init__(name="leukedge-capture", daemon=True)
+        self.session = session
         self.frames = frames
         self.finder = finder
         self.classifier = classifier
@@ -157,6 +163,11 @@ class CaptureThread(threading.Thread):
         if frame.error is not None or frame.image is None:
             work.error = frame.error or "no image"
             return work
+        if self.session is not None:
+            work.motion = self.session.measure(frame.image)
+            if work.motion.blurred:  # smeared by the moving stage: not classified
+                work.image = frame.image if self.keep_images else None
+                return work
         t1 = time.perf_counter()
         try:
             cells = self.finder.find(frame.image)
@@ -167,6 +178,8 @@ class CaptureThread(threading.Thread):
         try:
             crops = [self._crop(frame.image, c) for c in cells]
             work.x, work.stains = self.classifier.prepare(crops)
+            if self.session is not None:
+                work.thumbs = [self.session.thumbnail(c) for c in crops]
         except Exception as e:  # an empty or odd crop skips its frame, not the run
             work.error = f"preprocessing failed: {type(e).__name__}: {e}"
             return work
@@ -215,6 +228,8 @@ class PipelineSettings:
     live: LiveFeed | None = None  # the live page's feed (``--serve``)
     live_interval_s: float = 0.25  # how often the page's numbers are refreshed
     threads: ThreadBudget | None = None  # the run's thread budget, reported in the summary
+    track: bool = True  # count each cell once (motion, association, report.html)
+    count: int | None = None  # stop once this many unique cells are counted
 
     def __post_init__(self) -> None:
         for name, least in (
@@ -261,6 +276,8 @@ class Pipeline:
                 live=self.live,
             )
         self.cells_out = CellsWriter(settings.out_dir / CELLS_FILE)
+        self.session = self._session() if settings.track or settings.count else None
+        self.report_files: dict[str, Any] = {}
         self.capture = CaptureThread(
             source,
             finder,
@@ -268,10 +285,20 @@ class Pipeline:
             self.queue,
             keep_images=settings.annotate or settings.show or self.live is not None,
             live=self.live,
+            session=self.session,
         )
         self.state = RunStatus()
         self.last_summary = self.state.t_start
         self.last_live = self.state.t_start
+
+    def _session(self) -> CountSession:
+        from leukedge.runtime.session import CountSession
+
+        spec = self.clf.spec
+        still = getattr(self.source, "kind", "images") == "images"
+        return CountSession(
+            list(spec.classes), spec.positive_class, self.settings.count, judge_blur=not still
+        )
 
     def _annotator(self) -> AnnotatedImages | AnnotatedVideo:
         out_dir = self.settings.out_dir
@@ -418,6 +445,10 @@ class Pipeline:
             file = self.annotator.file_for(work.name, work.index)
             for r in records:
                 r["annotated"] = file
+        if self.session is not None:
+            self.session.observe(
+                work.index, work.name, work.motion, work.cells, records, work.thumbs
+            )
         self.cells_out.write_frame(records)
         labels = [r["class"] for r in records]
         self.totals.count(labels, [r["touches_edge"] for r in records])
@@ -454,6 +485,12 @@ class Pipeline:
             self.capture.stop.set()
 
     def _after_frame(self) -> None:
+        if self.session is not None and self.session.done and not self.capture.stop.is_set():
+            self.state.status = "completed"
+            self.state.message = (
+                f"counted {self.session.counted} cells (--count {self.settings.count})"
+            )
+            self.capture.stop.set()
         now = time.perf_counter()
         due = now - self.last_summary >= self.settings.summary_interval_s
         if self.totals.frames % self.settings.summary_every == 0 or due:
@@ -493,9 +530,21 @@ class Pipeline:
         if self.display is not None:
             self.display.close()
         self.state.end()
+        self._write_report()
         self._write_summary()
         if self.live is not None:
             self.live.publish_stats(self._summary())
+
+    def _write_report(self) -> None:
+        """report.html, the cell pictures and tracks.jsonl; a failure is said, not fatal."""
+        if self.session is None:
+            return
+        from leukedge.runtime.gallery import write_report
+
+        try:
+            self.report_files = write_report(self.settings.out_dir, self._summary(), self.session)
+        except Exception as e:  # the summary must still be written
+            self.report_files = {"report_error": f"{type(e).__name__}: {e}"}
 
     def _disk_full(self, e: BaseException) -> str:
         full = e if isinstance(e, DiskFullError) else DiskFullError(self.settings.out_dir, e)
@@ -543,6 +592,9 @@ class Pipeline:
         summary["settings"]["frame_format"] = self.settings.frame_format
         if self.settings.threads is not None:
             summary["settings"]["threads"] = self.settings.threads.to_dict()
+        if self.session is not None:
+            summary["unique_cells"] = self.session.summary()
+            summary["outputs"].update(self.report_files)
         return summary
 
     def _write_summary(self) -> None:
@@ -600,6 +652,8 @@ def run_pipeline(
     frame_format: str = "jpg",
     live: LiveFeed | None = None,
     threads: ThreadBudget | None = None,
+    track: bool = True,
+    count: int | None = None,
 ) -> dict[str, Any]:
     """Run ``classifier`` on every cell of every frame of ``source``; return summary.json's content.
 
@@ -607,6 +661,9 @@ def run_pipeline(
     :class:`~leukedge.runtime.sources.Frame`, or a source text for
     :func:`~leukedge.runtime.sources.open_source`. ``finder`` defaults to
     ``CellFinder.from_spec(classifier.spec)`` (cell size measured per frame).
+    With ``track`` (the default) each cell is also counted once across frames
+    (:mod:`leukedge.runtime.session`; summary.json's ``unique_cells``, report.html);
+    ``count`` stops the run once that many unique cells are counted.
     Writes cells.jsonl, summary.json and annotated frames into ``out_dir``, which
     it locks for the run (another run into it is refused with
     :class:`~leukedge.io.OutputError`). A full disk ends the run with status
@@ -639,6 +696,8 @@ def run_pipeline(
         frame_format=frame_format,
         live=live,
         threads=threads or plan_threads(),
+        track=track,
+        count=count,
     )
     if settings.threads is not None:
         settings.threads.apply_cv2()
