@@ -199,3 +199,36 @@ def data_cells(
         f"next: move each crop into {classes}, then "
         f"leukedge train --init RUN --data {out} --out runs/NAME"
     )
+
+
+@data_app.command("import-corrections")
+@friendly_errors
+def data_import_corrections(
+    csv_file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="CSV exported from a run's report.html."
+    ),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to create (new or empty)."),
+    report: Path | None = typer.Option(
+        None,
+        "--report",
+        exists=True,
+        file_okay=False,
+        help="The run folder holding report.html and thumbs/ (default: the CSV's folder).",
+    ),
+) -> None:
+    """Turn a reviewed report.html's exported labels into class folders for fine-tuning.
+
+    Each cell's picture is copied into OUT/<label>/; OUT/corrections.csv says which
+    labels the reviewer changed. Then: leukedge train --init RUN --data OUT --out runs/NAME
+    Example: leukedge data import-corrections ~/Downloads/corrections.csv --report
+    leukedge-run/20260101-120000-ab12 --out my-cells
+    """
+    from leukedge.data.corrections import import_corrections
+
+    result = import_corrections(csv_file, out, report)
+    by_class = ", ".join(f"{c} {n}" for c, n in sorted(result["by_class"].items()))
+    console.print(
+        f"{result['cells']} cells ({by_class}; {result['corrected']} relabelled) in "
+        f"[bold]{escape(str(out))}[/]"
+    )
+    console.print(f"next: leukedge train --init RUN --data {escape(str(out))} --out runs/NAME")

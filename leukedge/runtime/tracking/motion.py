@@ -34,7 +34,7 @@ BLUR_RATIO = 0.4  # sharper than this share of the running median, or too blurre
 BLUR_WINDOW = 60  # frames the running median of sharpness looks back over
 BLUR_WARMUP = 5  # frames seen before blur is judged at all
 MAX_SHIFT = 0.45  # a shift beyond this share of the frame side is not trusted
-MIN_OVERLAP_NCC = 0.5  # the overlap of two frames of one field correlates at least this well
+MIN_OVERLAP_NCC = 0.8  # two sharp views of one field correlate better than this where they overlap
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,8 @@ class FrameMotion:
 
     ``origin`` (x, y): slide coordinates of the frame's pixel (0, 0), in frame
     pixels of the first frame of its ``field``. ``shift``: how far the image content
-    moved since the frame it was measured against (None for the first frame of a
-    field). ``response``: the correlation peak (1 = identical content).
+    moved since the frame it was measured against, the last sharp frame of the
+    field (None for the first frame of a field). ``response``: the correlation peak (1 = identical content).
     ``sharpness``: variance of the Laplacian of the grey copy; ``blurred``: below
     the run's threshold (``threshold``, None while it is still being learned).
     """
@@ -183,11 +183,10 @@ class MotionTracker:
                 if overlap_ncc(self._ref_grey, small, dx, dy) >= MIN_OVERLAP_NCC:
                     shift = (dx / scale, dy / scale)
         if shift is not None:
-            self._origin = (self._origin[0] - shift[0], self._origin[1] - shift[1])
-            self._ref, self._ref_grey = spec, small
-            return FrameMotion(
-                self.field, self._origin, shift, response, sharp, limit, blurred, False
-            )
+            origin = (self._origin[0] - shift[0], self._origin[1] - shift[1])
+            if not blurred:  # a smeared frame's shift is biased: the next is measured without it
+                self._origin, self._ref, self._ref_grey = origin, spec, small
+            return FrameMotion(self.field, origin, shift, response, sharp, limit, blurred, False)
         if blurred and self._ref is not None:
             # smeared beyond recognition: skip it, keep measuring against the last good frame
             return FrameMotion(self.field, self._origin, None, response, sharp, limit, True, False)
