@@ -320,3 +320,66 @@ def test_corrections_become_class_folders(clf: Classifier, tmp_path: Path) -> No
     bad.write_text("file,label\n../../etc/passwd,all\n")
     with pytest.raises(ValueError, match="line 2"):
         import_corrections(bad, tmp_path / "x", report_dir=run)
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+def test_run_count_prints_a_lab_report_and_writes_report_html(tiny_run: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from leukedge.cli import app
+
+    img, cells = make_slide()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, (x, y) in enumerate(pan_path()[:12]):  # a folder of frames from a pan
+        cv2.imwrite(str(frames / f"f{i:03d}.png"), img[y : y + VIEW_H, x : x + VIEW_W])
+    out = tmp_path / "out"
+    args = ["run", str(tiny_run / "export" / "model.fp32.onnx"), "--source", str(frames)]
+    args += ["--out", str(out), "--count", "3", "--no-annotate", "--backend", "ort-fp32"]
+    args += ["--cell-diameter-px", "28"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "differential count" in result.output and "blast %" in result.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["unique_cells"]["target"] == 3
+    assert (out / "report.html").is_file() and s["outputs"]["report"] == "report.html"
+    # a second, shorter run into the folder removes the pictures the first one wrote
+    first = len(list((out / "thumbs").iterdir()))
+    args[args.index("--count") + 1] = "1"
+    assert CliRunner().invoke(app, args).exit_code == 0
+    second = (out / "tracks.jsonl").read_text().splitlines()
+    assert len(list((out / "thumbs").iterdir())) == len(second) < first
+
+
+@pytest.mark.slow
+def test_reviewed_labels_fine_tune_the_model(clf: Classifier, tiny_run: Path, tmp_path: Path):
+    """report.html -> exported CSV -> data import-corrections -> train --init: the whole loop."""
+    from typer.testing import CliRunner
+
+    from leukedge.cli import app
+    from leukedge.rundir import RunDir
+
+    img, cells = make_slide()
+    finder = SlideFinder(cells)
+    run = tmp_path / "run"
+    run_pipeline(clf, Video(panning(finder, img, pan_path())), run, finder=finder, annotate=False)
+    tracks = [json.loads(x) for x in (run / "tracks.jsonl").read_text().splitlines()]
+    flip = {t["track_id"]: ("hem" if t["track_id"] % 2 else "all") for t in tracks}
+    csv_path = exported_csv((run / "report.html").read_text(), tmp_path / "dl.csv", flip)
+    cli = CliRunner()
+    data = tmp_path / "mycells"
+    r = cli.invoke(
+        app, ["data", "import-corrections", str(csv_path), "--report", str(run), "--out", str(data)]
+    )
+    assert r.exit_code == 0, r.output
+    ft = tmp_path / "ft"
+    r = cli.invoke(
+        app,
+        ["train", "--init", str(tiny_run), "--data", str(data), "--out", str(ft)]
+        + ["--epochs", "1", "--batch-size", "8", "--workers", "0"],
+    )
+    assert r.exit_code == 0, r.output
+    assert RunDir(ft).spec().classes == RunDir(tiny_run).spec().classes
+    assert (ft / "checkpoint.pt").is_file()
