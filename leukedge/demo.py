@@ -53,6 +53,39 @@ def _step(console: Console, n: int, title: str) -> float:
     return time.perf_counter()
 
 
+def _count_on_a_pan(
+    console: Console, run_dir: Path, data_dir: Path, pan_dir: Path, out: Path
+) -> dict[str, Any]:
+    """Pan a window over one synthetic frame and count each cell once (report.html too)."""
+    import cv2
+
+    from leukedge.data.pan import write_pan
+    from leukedge.io import read_json
+    from leukedge.runtime.cells import CellFinder
+    from leukedge.runtime.classifier import Classifier
+    from leukedge.runtime.pipeline import run_pipeline
+
+    first = sorted((data_dir / "frames").glob("*.png"))[0]
+    frame = cv2.imread(str(first))
+    if frame is None:
+        raise OutputError(f"cannot read {first}")
+    h, w = frame.shape[:2]
+    path = write_pan(frame, pan_dir, (2 * w // 3, 2 * h // 3), max(4, w // 40))
+    diameter = float(read_json(data_dir / "synth.json")["cell_diameter"])
+    with Classifier.load(run_dir, backend="ort-fp32") as clf, console.status("counting"):
+        finder = CellFinder.from_spec(clf.spec, cell_diameter_px=diameter)
+        s = run_pipeline(clf, str(pan_dir), out, finder=finder, annotate=False)
+    u, br = s["unique_cells"], s["unique_cells"]["blast_ratio"]
+    pct = "-" if br["ratio"] is None else f"{100 * br['ratio']:.1f} %"
+    lo, hi = ("-", "-") if br["ratio"] is None else (f"{100 * v:.1f}" for v in br["ci95"])
+    console.print(
+        f"  panning over one frame ({len(path)} frames, back over the first row): "
+        f"{s['cells']['total']} detections, {u['cells']} cells counted once each "
+        f"({u['blasts']} ALL, {pct}, 95% CI {lo}-{hi} %); review them in {out / 'report.html'}"
+    )
+    return {"frames": len(path), "detections": s["cells"]["total"], "unique": u["cells"]}
+
+
 def run_demo(
     out: str | Path,
     n: int = 1200,
@@ -79,6 +112,7 @@ def run_demo(
     data_dir, run_dir = out / "data", out / "runs" / "cnn"
     short_dir, compare_dir = out / "runs" / "cnn-short", out / "compare"
     frames_out = out / "frames-run"
+    pan_dir, pan_out = out / "pan", out / "pan-run"
     summary: dict[str, Any] = {"out": str(out)}
     timings: dict[str, float] = {}
 
@@ -89,7 +123,13 @@ def run_demo(
     timings["synthesize"] = time.perf_counter() - t0
 
     t0 = _step(console, 2, "train the CNN (split by subject)")
-    for old in (run_dir, short_dir, frames_out):  # a previous demo's (claim_folder): start over
+    for old in (
+        run_dir,
+        short_dir,
+        frames_out,
+        pan_dir,
+        pan_out,
+    ):  # a previous demo's (claim_folder): start over
         if old.is_symlink():
             old.unlink()
         elif old.exists():
@@ -129,6 +169,7 @@ def run_demo(
         f"backend {fsum['backend']['chosen']}"
     )
     summary["frames"] = {"detection": det, "classification": cls}
+    summary["count"] = _count_on_a_pan(console, run_dir, data_dir, pan_dir, pan_out)
     timings["run"] = time.perf_counter() - t0
 
     t0 = _step(console, 5, "bench: parity and latency against PyTorch")
@@ -177,6 +218,7 @@ def run_demo(
     console.print(
         f"frames:    {frames_out}  (cells.jsonl, summary.json, annotated/, groundtruth.json)"
     )
+    console.print(f"count:     {pan_out}  (report.html: every counted cell's picture, for review)")
     console.print(
         f"bench:     {run_dir / 'bench'}  (report.md, report.json, latency.png, parity.png)"
     )

@@ -163,3 +163,12 @@ def test_probabilities_are_averaged_over_whole_sightings() -> None:
     tracks.observe(0, (0, 0), 2, dets([(50, 51)], p_all=0.6))
     assert not t.edge_only and t.sightings == 3 and t.whole_sightings == 2
     assert t.probs[1] == pytest.approx(0.7)  # the cut view does not vote
+
+
+def test_pan_positions_stay_inside_and_come_back() -> None:
+    from leukedge.data.pan import pan_positions
+
+    path = pan_positions((640, 480), (420, 320), 16)
+    assert all(0 <= x <= 220 and 0 <= y <= 160 for x, y in path)
+    assert path[0] == (0, 0) and (220, 160) in path
+    assert path.count(path[1]) == 2  # the first row is passed twice

@@ -38,6 +38,12 @@ def count_table(summary: dict[str, Any]) -> Table | None:
     lo_b, hi_b = u["uncertain_band"]
     table.add_row("uncertain", f"{u['uncertain']} cells with P({positive}) in [{lo_b}, {hi_b}]")
     table.add_row("edge cells", f"{u['edge_only']} only ever cut by the frame edge (not counted)")
+    if u.get("unconfirmed"):
+        table.add_row(
+            "unconfirmed",
+            f"{u['unconfirmed']} seen whole fewer than {u['min_whole_sightings']} times "
+            "(not counted)",
+        )
     table.add_row("domain shift", shift_line(summary.get("domain_shift") or {}))
     frames = summary.get("frames") or {}
     motion = u.get("motion") or {}

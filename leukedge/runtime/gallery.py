@@ -121,6 +121,11 @@ def _summary_rows(summary: dict[str, Any], positive: str) -> list[tuple[str, str
         ),
         ("uncertain", f"{u.get('uncertain', 0)} with P({positive}) in {u.get('uncertain_band')}"),
         ("edge cells", f"{u.get('edge_only', 0)} only ever cut by the frame edge (not counted)"),
+        (
+            "unconfirmed",
+            f"{u.get('unconfirmed', 0)} seen whole fewer than {u.get('min_whole_sightings')} "
+            "times (not counted)",
+        ),
         ("out of distribution", f"{u.get('out_of_distribution', 0)} cells"),
         (
             "frames",
@@ -169,6 +174,8 @@ def _card(c: dict[str, Any], classes: list[str], positive: str) -> str:
         flags.append("uncertain")
     if c.get("edge_only"):
         flags.append("edge only")
+    elif c.get("counted") is False:
+        flags.append("not counted: seen whole once")
     if c.get("out_of_distribution"):
         flags.append("unlike training")
     select = "".join(

@@ -297,7 +297,7 @@ class Pipeline:
         spec = self.clf.spec
         still = getattr(self.source, "kind", "images") == "images"
         return CountSession(
-            list(spec.classes), spec.positive_class, self.settings.count, judge_blur=not still
+            list(spec.classes), spec.positive_class, self.settings.count, still=still
         )
 
     def _annotator(self) -> AnnotatedImages | AnnotatedVideo:

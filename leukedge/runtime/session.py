@@ -7,9 +7,10 @@ whether it is sharp (:meth:`CountSession.measure`; blurred frames are not
 classified), the main thread hands it each frame's classified cells
 (:meth:`CountSession.observe`), which are matched across frames
 (:mod:`leukedge.runtime.tracking`) and annotated in cells.jsonl with their
-``track_id``. The count is over cells seen whole at least once; cells only ever
-cut by the frame edge are listed apart (``edge_only``), as a lab leaves out the
-cells it cannot see whole. With a ``target``, :attr:`CountSession.done` turns
+``track_id``. The count is over cells seen whole (twice in a video, where a single
+whole view is more often a detection that flickered; once in a still image); cells
+only ever cut by the frame edge are listed apart (``edge_only``), as a lab leaves
+out the cells it cannot see whole. With a ``target``, :attr:`CountSession.done` turns
 true once that many cells are counted, and the run stops.
 """
 
@@ -26,14 +27,16 @@ from leukedge.runtime.calibration import UNCERTAIN_BAND
 from leukedge.runtime.stats import StageStats, blast_ratio
 from leukedge.runtime.tracking import CellTracks, Detection, FrameMotion, MotionTracker, Track
 
+MIN_WHOLE_SIGHTINGS = 2  # a cell counts once seen whole this often (stills: once)
 THUMB_SIDE = 128  # pixels of a cell's picture in the gallery (and of an exported correction)
 THUMB_QUALITY = 90  # JPEG quality of those pictures
 UNIQUE_NOTE = (
     "each cell once: detections are placed on the slide by the stage motion (phase "
     "correlation) and matched across frames; a cell's class is the mean of its class "
-    "probabilities over its sightings. Counted: cells seen whole at least once; edge_only "
-    "cells (always cut by the frame edge) are listed apart. Frames too blurred to trust "
-    "are not classified."
+    "probabilities over its sightings. Counted: cells seen whole at least "
+    "min_whole_sightings times (twice in a video, once in a still image); edge_only cells "
+    "(always cut by the frame edge) and unconfirmed ones (seen whole too rarely) are listed "
+    "apart. Frames too blurred to trust are not classified."
 )
 
 
@@ -57,13 +60,17 @@ class CountSession:
         target: int | None = None,
         judge_blur: bool = True,
         thumb_side: int = THUMB_SIDE,
+        still: bool = False,
     ) -> None:
         self.classes = list(classes)
         self.positive = positive
         self.positive_index = self.classes.index(positive) if positive in self.classes else 0
         self.target = target
         self.thumb_side = thumb_side
-        self.motion = MotionTracker(judge_blur=judge_blur)
+        # in a video a cell is in many frames: one whole view of it alone is more often a
+        # detection that flickered (a clump, a cut cell taken for whole) than a cell
+        self.min_sightings = 1 if still else MIN_WHOLE_SIGHTINGS
+        self.motion = MotionTracker(judge_blur=judge_blur and not still)
         self.tracks = CellTracks()
         self.views: dict[int, CellView] = {}
         self.shift_sum: dict[int, float] = {}
@@ -123,8 +130,8 @@ class CountSession:
         seen = self.tracks.observe(field_id, origin, frame, dets)
         for i, (s, r) in enumerate(zip(seen, records, strict=True)):
             t = s.track
-            if t.whole_sightings == 1 and not r["touches_edge"]:
-                self.counted += 1  # its first whole view: now it counts
+            if t.whole_sightings == self.min_sightings and not r["touches_edge"]:
+                self.counted += 1  # seen whole often enough: now it counts
             r["track_id"] = t.id
             r["field"] = t.field
             r["slide_xy"] = [round(s.position[0], 1), round(s.position[1], 1)]
@@ -161,7 +168,7 @@ class CountSession:
             "p_positive": round(p_pos, 5),
             "uncertain": bool(UNCERTAIN_BAND[0] <= p_pos <= UNCERTAIN_BAND[1]),
             "edge_only": t.edge_only,
-            "counted": not t.edge_only,
+            "counted": t.whole_sightings >= self.min_sightings,
             "sightings": t.sightings,
             "whole_sightings": t.whole_sightings,
             "first_frame": t.first_frame,
@@ -198,7 +205,9 @@ class CountSession:
             "uncertain": len(unsure),
             "uncertain_band": list(UNCERTAIN_BAND),
             "out_of_distribution": len(ood),
-            "edge_only": len(cells) - len(counted),
+            "edge_only": sum(c["edge_only"] for c in cells),
+            "unconfirmed": sum(not c["counted"] and not c["edge_only"] for c in cells),
+            "min_whole_sightings": self.min_sightings,
             "tracks": len(cells),
             "sightings_mean": round(float(np.mean(sightings)), 2) if sightings else None,
             "sightings_max": max(sightings) if sightings else None,

@@ -11,12 +11,12 @@ global translation, which is what a stage moving under a fixed camera produces.
 Two frames that do not overlap (two unrelated still images, a jump of the stage)
 give a flat correlation: a peak below ``min_response`` starts a new field, whose
 cells are never matched with another field's. Frames smeared by motion (the stage
-moving during the exposure) lose their fine detail: the variance of the Laplacian
-below ``blur_ratio`` times the run's running median marks them too blurred to
-classify; the threshold is learned from the frames of the run itself, because
+moving during the exposure) lose their fine detail: a :func:`sharpness` below
+``blur_ratio`` times the run's running median marks them too blurred to classify; the threshold is learned from the frames of the run itself, because
 what counts as sharp depends on the camera, the objective and the stain.
 
-Cost at 1080p: one linear downscale to ``work_width`` (about 0.5 ms), one forward
+Cost at 1080p (about 1.4 ms of one core, see benchmarks/results/panning.md): one linear
+downscale to ``work_width``, one forward
 and one inverse DFT of that size (the previous frame's spectrum is kept).
 """
 
@@ -28,13 +28,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-WORK_WIDTH = 256  # columns of the grey copy motion and blur are measured on
+WORK_WIDTH = 192  # columns of the grey copy motion and blur are measured on
 MIN_RESPONSE = 0.05  # correlation peak below which two frames do not overlap: a new field
-BLUR_RATIO = 0.4  # sharper than this share of the running median, or too blurred
+BLUR_RATIO = 0.7  # sharper than this share of the running median, or too blurred
 BLUR_WINDOW = 60  # frames the running median of sharpness looks back over
 BLUR_WARMUP = 5  # frames seen before blur is judged at all
-MAX_SHIFT = 0.45  # a shift beyond this share of the frame side is not trusted
+MIN_OVERLAP = 0.12  # two frames overlapping on less than this share of their area: no match
 MIN_OVERLAP_NCC = 0.8  # two sharp views of one field correlate better than this where they overlap
+MIN_OVERLAP_NCC_BLURRED = 0.6  # ... a sharp and a smeared one (consecutive frames of a video)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class FrameMotion:
     pixels of the first frame of its ``field``. ``shift``: how far the image content
     moved since the frame it was measured against, the last sharp frame of the
     field (None for the first frame of a field). ``response``: the correlation peak (1 = identical content).
-    ``sharpness``: variance of the Laplacian of the grey copy; ``blurred``: below
+    ``sharpness``: :func:`sharpness` of the grey copy; ``blurred``: below
     the run's threshold (``threshold``, None while it is still being learned).
     """
 
@@ -69,14 +70,14 @@ class PhaseCorrelator:
 
     def spectrum(self, grey: np.ndarray) -> np.ndarray:
         g = grey.astype(np.float32)
-        g -= float(g.mean())
-        return cv2.dft(g * self.window, flags=cv2.DFT_COMPLEX_OUTPUT)
+        g -= float(cv2.mean(grey)[0])
+        return cv2.dft(cv2.multiply(g, self.window), flags=cv2.DFT_COMPLEX_OUTPUT)
 
     def shift(self, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
         """(dx, dy, response): content of spectrum ``b`` is that of ``a`` moved by (dx, dy)."""
-        cross = np.asarray(cv2.mulSpectrums(b, a, 0, conjB=True), np.float32)
-        mag = np.sqrt(cross[..., 0] ** 2 + cross[..., 1] ** 2) + 1e-9
-        cross = cross / mag[..., None]
+        re, im = cv2.split(cv2.mulSpectrums(b, a, 0, conjB=True))
+        mag = np.asarray(cv2.magnitude(re, im)) + np.float32(1e-9)
+        cross = cv2.merge([cv2.divide(re, mag), cv2.divide(im, mag)])
         corr = cv2.idft(cross, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
         h, w = corr.shape
         _, peak, _, (px, py) = cv2.minMaxLoc(corr)
@@ -104,12 +105,65 @@ def overlap_ncc(a: np.ndarray, b: np.ndarray, dx: float, dy: float) -> float:
     ix, iy = round(dx), round(dy)
     if abs(ix) >= w - 4 or abs(iy) >= h - 4:
         return 0.0
-    pa = a[max(0, -iy) : h - max(0, iy), max(0, -ix) : w - max(0, ix)].astype(np.float32)
-    pb = b[max(0, iy) : h - max(0, -iy), max(0, ix) : w - max(0, -ix)].astype(np.float32)
+    # every other pixel: as telling, a quarter of the work
+    pa = a[max(0, -iy) : h - max(0, iy) : 2, max(0, -ix) : w - max(0, ix) : 2].astype(np.float32)
+    pb = b[max(0, iy) : h - max(0, -iy) : 2, max(0, ix) : w - max(0, -ix) : 2].astype(np.float32)
     pa -= float(pa.mean())
     pb -= float(pb.mean())
     den = float(np.sqrt((pa * pa).sum() * (pb * pb).sum()))
     return float((pa * pb).sum()) / den if den > 0 else 0.0
+
+
+def best_overlap(
+    a: np.ndarray, b: np.ndarray, dx: float, dy: float, min_ncc: float = MIN_OVERLAP_NCC
+) -> tuple[float, float] | None:
+    """The shift, among the correlation peak's wrap-arounds, whose overlap correlates best.
+
+    Phase correlation is periodic: a peak at ``dx`` also means ``dx - width`` (a stage
+    that moved more than half a frame while frames were too blurred to use). Each
+    candidate leaving at least ``MIN_OVERLAP`` of the frame is checked by
+    :func:`overlap_ncc`; None when none reaches ``min_ncc``.
+    """
+    h, w = a.shape
+    xs = [dx, dx - w if dx > 0 else dx + w]
+    ys = [dy, dy - h if dy > 0 else dy + h]
+    best: tuple[float, float] | None = None
+    best_ncc = min_ncc
+    for cx in xs:
+        for cy in ys:
+            if (w - abs(cx)) * (h - abs(cy)) < MIN_OVERLAP * w * h or abs(cx) >= w or abs(cy) >= h:
+                continue
+            ncc = overlap_ncc(a, b, cx, cy)
+            if ncc >= best_ncc:
+                best, best_ncc = (cx, cy), ncc
+    return best
+
+
+def sharpness(grey: np.ndarray) -> float:
+    """Variance of the Laplacian over the mean squared gradient: how fine the edges are.
+
+    Both grow with the number and contrast of the edges in view (more cells, darker
+    stain); their ratio does not, while motion blur lowers the second derivative much
+    more than the first. On ALL-IDB1 windows it varies less than 3-fold between sharp
+    fields, where the variance of the Laplacian alone varies 6-fold.
+    """
+    g = grey.astype(np.float32)
+    lap = cv2.Laplacian(g, cv2.CV_32F)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1)
+    _, sd = cv2.meanStdDev(lap)
+    grad = float(cv2.mean(cv2.magnitude(gx, gy) ** 2)[0])
+    return float(sd[0, 0]) ** 2 / max(grad, 1e-6)
+
+
+@dataclass
+class _View:
+    """A frame as motion is measured on it: spectrum, grey copy, place on the slide."""
+
+    spectrum: np.ndarray
+    grey: np.ndarray
+    origin: tuple[float, float]
+    blurred: bool = False
 
 
 class MotionTracker:
@@ -138,9 +192,8 @@ class MotionTracker:
         self.new_fields = 0
         self._pc: PhaseCorrelator | None = None
         self._frame_size: tuple[int, int] | None = None
-        self._ref: np.ndarray | None = None  # spectrum of the last frame in the chain
-        self._ref_grey: np.ndarray | None = None
-        self._origin = (0.0, 0.0)
+        self._sharp: _View | None = None  # the last sharp frame placed on the slide
+        self._chain: _View | None = None  # the last frame placed, sharp or not
 
     def small_grey(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """The grey copy (``work_width`` wide) and its scale (small px per frame px)."""
@@ -162,38 +215,58 @@ class MotionTracker:
         """Measure one frame (frames must come in source order)."""
         self.frames += 1
         small, scale = self.small_grey(image)
-        _, sd = cv2.meanStdDev(cv2.Laplacian(small, cv2.CV_32F))
-        sharp = float(sd[0, 0]) ** 2
+        sharp = sharpness(small)
         limit = self.threshold()
         self.sharpness.append(sharp)
         blurred = limit is not None and sharp < limit
         self.blurred += blurred
         size = (small.shape[1], small.shape[0])
         if self._pc is None or self._pc.size != size or self._frame_size != image.shape[:2]:
-            self._pc, self._ref = PhaseCorrelator(size), None
+            self._pc, self._sharp, self._chain = PhaseCorrelator(size), None, None
             self._frame_size = image.shape[:2]
-        spec = self._pc.spectrum(small)
-        shift: tuple[float, float] | None = None
-        response = 0.0
-        if self._ref is not None:
-            dx, dy, response = self._pc.shift(self._ref, spec)
-            inside = abs(dx) <= MAX_SHIFT * size[0] and abs(dy) <= MAX_SHIFT * size[1]
-            if response >= self.min_response and inside:
-                assert self._ref_grey is not None
-                if overlap_ncc(self._ref_grey, small, dx, dy) >= MIN_OVERLAP_NCC:
-                    shift = (dx / scale, dy / scale)
-        if shift is not None:
-            origin = (self._origin[0] - shift[0], self._origin[1] - shift[1])
-            if not blurred:  # a smeared frame's shift is biased: the next is measured without it
-                self._origin, self._ref, self._ref_grey = origin, spec, small
+        view = _View(self._pc.spectrum(small), small, (0.0, 0.0), blurred)
+        # against the last sharp frame (a blurred frame's shift is biased), else through the
+        # blurred frames since (a fast stretch that left the last sharp frame behind)
+        response, origin = 0.0, None
+        refs = [self._sharp] + ([self._chain] if self._chain is not self._sharp else [])
+        for ref in refs:
+            if ref is None:
+                continue
+            found, r = self._match(ref, view, scale)
+            response = max(response, r)
+            if found is not None:
+                origin = (ref.origin[0] - found[0], ref.origin[1] - found[1])
+                shift = found
+                break
+        if origin is not None:
+            view.origin = origin
+            self._chain = view
+            if not blurred:
+                self._sharp = view
             return FrameMotion(self.field, origin, shift, response, sharp, limit, blurred, False)
-        if blurred and self._ref is not None:
-            # smeared beyond recognition: skip it, keep measuring against the last good frame
-            return FrameMotion(self.field, self._origin, None, response, sharp, limit, True, False)
+        if blurred and self._sharp is not None:  # smeared beyond recognition: skip it
+            where = self._chain.origin if self._chain is not None else self._sharp.origin
+            return FrameMotion(self.field, where, None, response, sharp, limit, True, False)
         self.field += 1
         self.new_fields += 1
-        self._origin, self._ref, self._ref_grey = (0.0, 0.0), spec, small
-        return FrameMotion(self.field, self._origin, None, response, sharp, limit, blurred, True)
+        self._sharp = self._chain = view
+        return FrameMotion(self.field, view.origin, None, response, sharp, limit, blurred, True)
+
+    def _match(
+        self, ref: _View, view: _View, scale: float
+    ) -> tuple[tuple[float, float] | None, float]:
+        """(shift in frame pixels or None, correlation peak) of ``view`` against ``ref``."""
+        assert self._pc is not None
+        dx, dy, response = self._pc.shift(ref.spectrum, view.spectrum)
+        if response < self.min_response:
+            return None, response
+        # a smeared frame correlates less with a sharp one: a lower bar, for the frames of
+        # one pass of the stage (blur is only judged in videos, never between still images)
+        bar = MIN_OVERLAP_NCC_BLURRED if ref.blurred or view.blurred else MIN_OVERLAP_NCC
+        found = best_overlap(ref.grey, view.grey, dx, dy, bar)
+        if found is None:
+            return None, response
+        return (found[0] / scale, found[1] / scale), response
 
     def describe(self) -> dict[str, object]:
         """summary.json's account of the motion: fields, blurred frames, the threshold."""
