@@ -71,6 +71,9 @@ CASES: list[tuple[str, ...]] = [
         )
     ),
     ("data", "cells", "{missing}", "--out", "{out}"),
+    ("data", "import-corrections", "{missing}", "--out", "{out}"),
+    ("data", "import-corrections", "{file}", "--out", "{out}"),
+    ("data", "import-corrections", "{file}", "--out", "{out}", "--report", "{missing}"),
     ("data", "cells", "{frames}", "--out", "{out}", "--crop-style", "bogus"),
     ("data", "cells", "{frames}", "--out", "{out}", "--cell-fraction", "0"),
     ("data", "cells", "{frames}", "--out", "{out}", "--cell-diameter-px", "nan"),
@@ -109,6 +112,9 @@ CASES: list[tuple[str, ...]] = [
             ("--max-frames", "0"),
             ("--backend", "bogus"),
             ("--finder-stain", "bogus"),
+            ("--count", "0"),
+            ("--count", "-3"),
+            ("--count", "many"),
         )
     ),
     ("run", "{model}", "--source", "{missing}", "--out", "{out}"),

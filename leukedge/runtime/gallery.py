@@ -121,11 +121,6 @@ def _summary_rows(summary: dict[str, Any], positive: str) -> list[tuple[str, str
         ),
         ("uncertain", f"{u.get('uncertain', 0)} with P({positive}) in {u.get('uncertain_band')}"),
         ("edge cells", f"{u.get('edge_only', 0)} only ever cut by the frame edge (not counted)"),
-        (
-            "unconfirmed",
-            f"{u.get('unconfirmed', 0)} seen whole fewer than {u.get('min_whole_sightings')} "
-            "times (not counted)",
-        ),
         ("out of distribution", f"{u.get('out_of_distribution', 0)} cells"),
         (
             "frames",
@@ -139,6 +134,15 @@ def _summary_rows(summary: dict[str, Any], positive: str) -> list[tuple[str, str
         ),
         ("started", f"{summary.get('started')} - {summary.get('finished') or 'running'}"),
     ]
+    if u.get("unconfirmed"):
+        rows.insert(
+            -4,
+            (
+                "unconfirmed",
+                f"{u['unconfirmed']} seen whole fewer than {u.get('min_whole_sightings')} "
+                "times (not counted)",
+            ),
+        )
     return rows
 
 
