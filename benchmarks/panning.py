@@ -105,7 +105,7 @@ def reference(
     return n
 
 
-def pan_one(path_img: Path, speed: int) -> dict[str, Any]:
+def pan_one(path_img: Path, speed: int, blur: bool = True) -> dict[str, Any]:
     img = cv2.imread(str(path_img))
     probe = CellFinder()
     seg = probe.segment(img)
@@ -113,6 +113,8 @@ def pan_one(path_img: Path, speed: int) -> dict[str, Any]:
     d = float(seg.diameter / seg.scale)
     finder = CellFinder(cell_diameter_px=d)
     path = pan_path(img.shape[1], img.shape[0], speed)
+    if not blur:  # the control: the same positions, every frame sharp
+        path = [(x, y, 0) for x, y, _ in path]
     motion, tracks = MotionTracker(), CellTracks()
     per_detection = blurred_true = rejected = rejected_true = 0
     drift = []
@@ -212,8 +214,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "| frame | video frames | blurred / rejected (both) | fields | max drift px | "
         "reference cells | unique counted | unique vs ref | counted if seen whole 1 / 2 / 3 "
-        "times | per-detection count | detections per cell |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "times | per-detection count | detections per cell | control without blur: unique "
+        "(drift px) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["frames"]:
         rel = r["unique_vs_reference"]
@@ -224,7 +227,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"{'-' if rel is None else f'{100 * rel:+.1f} %'} | "
             f"{' / '.join(str(v) for v in r['unique_cells_by_min_whole_sightings'].values())} | "
             f"{r['per_detection']} | "
-            f"{r['per_detection_over_unique']} |"
+            f"{r['per_detection_over_unique']} | {r['control_no_blur']['unique_cells']} "
+            f"({r['control_no_blur']['max_drift_px']}) |"
         )
     c = report["cost_1080p"]
     lines += [
@@ -255,6 +259,10 @@ def main() -> None:
     rows = []
     for name in names:
         r = pan_one(folder / name, args.speed)
+        control = pan_one(folder / name, args.speed, blur=False)
+        r["control_no_blur"] = {
+            k: control[k] for k in ("unique_cells", "max_drift_px", "rejected_as_blurred")
+        }
         print(r, flush=True)
         rows.append(r)
     cost = cost_1080p(folder / names[0], args.speed)
