@@ -1,7 +1,8 @@
 """The same cell seen in several frames is one cell: detections matched on the slide.
 
 Each detection, placed on the slide (:mod:`.motion`), is matched to the nearest
-known cell of its field within ``radius`` times its diameter, greedily, closest
+known cell of its field within ``radius`` times its diameter (``edge_radius`` for a
+cell cut by the frame edge, whose whole-cell centre is an estimate), greedily, closest
 pairs first, one detection per cell and frame. Greedy nearest matching rather than
 the Hungarian method: white cells lie more than a diameter apart, so within half a
 diameter there is almost never more than one candidate and both give the same
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 RADIUS = 0.5  # match within this many cell diameters
+EDGE_RADIUS = 0.9  # ... for a cell cut by the frame edge, whose centre is only estimated
 
 
 @dataclass
@@ -78,8 +80,9 @@ class Sighting:
 class CellTracks:
     """Every cell of the run, per field, matched by position."""
 
-    def __init__(self, radius: float = RADIUS) -> None:
+    def __init__(self, radius: float = RADIUS, edge_radius: float = EDGE_RADIUS) -> None:
         self.radius = radius
+        self.edge_radius = edge_radius
         self.tracks: list[Track] = []
         self._pos: dict[int, np.ndarray] = {}  # field -> (n, 2) positions (grown by doubling)
         self._ids: dict[int, list[int]] = {}
@@ -96,8 +99,14 @@ class CellTracks:
             return []
         ox, oy = origin
         pts = np.array([(d.centre[0] + ox, d.centre[1] + oy) for d in detections], np.float64)
-        diam = np.array([d.diameter for d in detections], np.float64)
-        match = self._match(field_id, pts, diam)
+        reach = np.array(
+            [
+                d.diameter * (self.edge_radius if d.touches_edge else self.radius)
+                for d in detections
+            ],
+            np.float64,
+        )
+        match = self._match(field_id, pts, reach)
         out = []
         for i, d in enumerate(detections):
             pos = (float(pts[i, 0]), float(pts[i, 1]))
@@ -107,20 +116,20 @@ class CellTracks:
             out.append(Sighting(track, new, self._update(track, d, pos, frame), pos))
         return out
 
-    def _match(self, field_id: int, pts: np.ndarray, diam: np.ndarray) -> list[int]:
-        """Track index per detection (-1: none), closest pairs first."""
+    def _match(self, field_id: int, pts: np.ndarray, radii: np.ndarray) -> list[int]:
+        """Track index per detection (-1: none) within its radius, closest pairs first."""
         n = self._n.get(field_id, 0)
         match = [-1] * len(pts)
         if n == 0:
             return match
         pos = self._pos[field_id][:n]
-        reach = float(self.radius * diam.max())
+        reach = float(radii.max())
         lo, hi = pts.min(axis=0) - reach, pts.max(axis=0) + reach
         near = np.flatnonzero(((pos >= lo) & (pos <= hi)).all(axis=1))
         if near.size == 0:
             return match
         d = np.linalg.norm(pts[:, None, :] - pos[near][None, :, :], axis=2)
-        ok = d <= (self.radius * diam)[:, None]
+        ok = d <= radii[:, None]
         cand = np.argwhere(ok)
         if cand.size == 0:
             return match
