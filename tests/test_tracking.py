@@ -172,3 +172,14 @@ def test_pan_positions_stay_inside_and_come_back() -> None:
     assert all(0 <= x <= 220 and 0 <= y <= 160 for x, y in path)
     assert path[0] == (0, 0) and (220, 160) in path
     assert path.count(path[1]) == 2  # the first row is passed twice
+
+
+def test_a_cut_cell_matches_farther_than_a_whole_one() -> None:
+    """A cell cut by the edge has an estimated centre: it may lie further off."""
+    tracks = CellTracks()
+    tracks.observe(0, (0, 0), 0, dets([(50, 50)]))  # diameter 20
+    tracks.observe(0, (0, 0), 1, dets([(64, 50)], edge=True))  # 0.7 diameters off, cut
+    assert len(tracks) == 1 and tracks.tracks[0].sightings == 2
+    assert tracks.tracks[0].position == (50, 50)  # a cut view does not move a whole cell
+    tracks.observe(0, (0, 0), 2, dets([(64, 50)]))  # 0.7 diameters off, whole: another cell
+    assert len(tracks) == 2
