@@ -15,7 +15,7 @@ moving during the exposure) lose their fine detail: a :func:`sharpness` below
 ``blur_ratio`` times the run's running median marks them too blurred to classify; the threshold is learned from the frames of the run itself, because
 what counts as sharp depends on the camera, the objective and the stain.
 
-Cost at 1080p (about 1.4 ms of one core, see benchmarks/results/panning.md): one linear
+Cost at 1080p (about 1.3 ms of one core, see benchmarks/results/panning.md): one linear
 downscale to ``work_width``, one forward
 and one inverse DFT of that size (the previous frame's spectrum is kept).
 """
