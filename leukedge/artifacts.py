@@ -6,7 +6,8 @@ the exporter writes ``model.<precision>.onnx``, ``build-engine`` writes
 :data:`ORT_AUTO_ORDER` / :data:`ENGINE_AUTO_ORDER`, the parity budgets are looked
 up by :attr:`ArtifactKind.budget_key`, and ``run``, ``bench`` and
 ``Classifier.load`` share one backend vocabulary (``torch``, ``ort-<p>[-cuda]``,
-``trt-<p>``, ``qdq-int8-exact``). Adding a precision (say FP8) is one row.
+``trt-<p>``, ``qdq-int8-exact``, and a remote Triton Inference Server model as
+``triton://HOST:PORT/MODEL``). Adding a precision (say FP8) is one row.
 
 Plain Python on the ground floor: the torch-free runtime on a Jetson reads it too.
 """
@@ -111,6 +112,9 @@ TORCH = "torch"
 QDQ_EXACT = "qdq-int8-exact"
 AUTO = "auto"
 FAMILIES = ("ort", "trt")
+TRITON = "triton"
+TRITON_SCHEMES = {"triton": "grpc", "triton+grpc": "grpc", "triton+http": "http"}
+TRITON_MODEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,68 @@ class BackendName:
         return self.precision is not None
 
 
+@dataclass(frozen=True)
+class TritonTarget:
+    """A model on a Triton Inference Server: ``triton[+grpc|+http]://HOST:PORT/MODEL[/VERSION]``.
+
+    ``triton://`` speaks gRPC (Triton's port 8001 by default), ``triton+http://`` HTTP
+    (port 8000).
+    """
+
+    protocol: str  # "grpc" | "http"
+    host: str
+    port: int
+    model: str
+    version: str = ""  # "" : the server's policy (the newest version)
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        scheme = "triton" if self.protocol == "grpc" else "triton+http"
+        version = f"/{self.version}" if self.version else ""
+        return f"{scheme}://{self.address}/{self.model}{version}"
+
+
+def is_triton_url(name: str) -> bool:
+    return str(name).strip().lower().split("://", 1)[0] in TRITON_SCHEMES and "://" in str(name)
+
+
+def parse_triton_url(name: str) -> TritonTarget:
+    """``triton://127.0.0.1:8001/leukedge-cnn`` -> :class:`TritonTarget`; ValueError says why not."""
+    from urllib.parse import urlsplit
+
+    text = str(name).strip()
+    usage = (
+        "a Triton backend is triton://HOST:PORT/MODEL (gRPC) or triton+http://HOST:PORT/MODEL, "
+        f"got {name!r}"
+    )
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError(usage) from None
+    protocol = TRITON_SCHEMES.get(parts.scheme.lower())
+    path = [p for p in parts.path.split("/") if p]
+    if protocol is None or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(usage)
+    if len(path) not in (1, 2) or not set(path[0]) <= TRITON_MODEL_CHARS:
+        raise ValueError(usage)
+    if len(path) == 2 and not path[1].isdigit():
+        raise ValueError(f"the model version in {name!r} must be a number")
+    default_port = 8001 if protocol == "grpc" else 8000
+    return TritonTarget(
+        protocol=protocol,
+        host=parts.hostname,
+        port=default_port if port is None else port,
+        model=path[0],
+        version=path[1] if len(path) == 2 else "",
+    )
+
+
 def backend_names(cuda: bool = True) -> list[str]:
     """Every built-in backend name, in report order."""
     names = [TORCH, *(f"ort-{p}" for p in PRECISIONS)]
@@ -137,7 +203,14 @@ def backend_names(cuda: bool = True) -> list[str]:
 
 
 def parse_backend(name: str) -> BackendName:
-    """``auto``, ``ort``, ``trt``, ``torch``, ``ort-int8``, ``ort-fp16-cuda``, ``trt-fp16``…"""
+    """``auto``, ``ort``, ``trt``, ``torch``, ``ort-int8``, ``ort-fp16-cuda``, ``trt-fp16``…
+
+    and ``triton://HOST:PORT/MODEL`` (a model on a Triton Inference Server; its
+    precision is whatever the server runs).
+    """
+    if is_triton_url(name):
+        target = parse_triton_url(name)
+        return BackendName(target.url, TRITON, None, "remote")
     text = str(name).strip().lower()
     if text == AUTO:
         return BackendName(text, AUTO, None, AUTO)
@@ -155,7 +228,8 @@ def parse_backend(name: str) -> BackendName:
         if parts[0] == "ort" and parts[2] == "cuda":
             return BackendName(text, "ort", parts[1], "cuda")
     raise ValueError(
-        f"unknown backend {name!r}; use auto, ort, trt, or one of {', '.join(backend_names())}"
+        f"unknown backend {name!r}; use auto, ort, trt, triton://HOST:PORT/MODEL, or one of "
+        f"{', '.join(backend_names())}"
     )
 
 

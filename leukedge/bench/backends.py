@@ -4,7 +4,8 @@ Names are ``torch`` (the PyTorch original), ``ort-<precision>`` (the exported
 ONNX files in ONNX Runtime on CPU), ``ort-<precision>-cuda`` (the same on the
 CUDA execution provider), ``trt-<precision>`` (TensorRT engines built on this
 machine under ``engines/``) and ``qdq-int8-exact`` (the INT8 file's exact Q/DQ
-arithmetic, parity only). A backend that cannot run here raises
+arithmetic, parity only); ``triton://HOST:PORT/MODEL`` is a model on a Triton
+Inference Server, measured with the network in its latency. A backend that cannot run here raises
 :class:`~leukedge.runtime.backends.base.BackendError` with the reason, which the
 report lists under "skipped": nothing asked for is dropped silently.
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leukedge.artifacts import QDQ_EXACT, TORCH, backend_names, parse_backend
+from leukedge.artifacts import QDQ_EXACT, TORCH, backend_names, is_triton_url, parse_backend
 from leukedge.runtime.backends.base import Backend, BackendUnavailable
 from leukedge.runtime.backends.resolve import OpenOptions, onnx_file, open_named
 from leukedge.spec import ModelSpec
@@ -79,15 +80,26 @@ def parse_backends(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return default_backends()
     items = value.split(",") if isinstance(value, str) else list(value)
-    names = list(dict.fromkeys(n.strip().lower() for n in items if n.strip()))
+    names = list(dict.fromkeys(_canonical(n) for n in items if n.strip()))
     known = known_backends()
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in known and not is_triton_url(n)]
     if unknown or not names:
         raise BenchError(
             f"unknown backend(s) {', '.join(unknown) or '(none given)'}; choose from "
             f"{', '.join(known)}"
         )
     return names
+
+
+def _canonical(name: str) -> str:
+    """A backend name as the report shows it (a Triton URL keeps its model name's case)."""
+    text = name.strip()
+    if is_triton_url(text):
+        try:
+            return parse_backend(text).name
+        except ValueError as e:
+            raise BenchError(str(e)) from None
+    return text.lower()
 
 
 def precision_of(name: str) -> str | None:
@@ -117,6 +129,8 @@ def open_backend(name: str, ctx: BenchContext) -> Backend:
         return _REGISTRY[name](ctx)
     if name == TORCH:
         return _open_torch(ctx)
+    if is_triton_url(name):
+        return open_named(name, ctx.run_dir, expected_spec=ctx.spec)
     if name == QDQ_EXACT or name not in known_backends():
         raise BenchError(f"{name} is not a backend that can be opened (parity-only or unknown)")
     options = OpenOptions(threads=ctx.threads, spinning=ctx.idle_spinning, gpu=ctx.gpu)

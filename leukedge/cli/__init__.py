@@ -12,7 +12,17 @@ import os
 from leukedge.cli.common import app
 
 # Registered in the order `leukedge --help` lists them: the order of the work.
-COMMAND_MODULES = ("data", "train", "export", "run", "bench", "check", "compare", "demo")
+COMMAND_MODULES = (
+    "data",
+    "train",
+    "export",
+    "run",
+    "bench",
+    "check",
+    "serve",
+    "compare",
+    "demo",
+)
 for _name in COMMAND_MODULES:
     importlib.import_module(f"leukedge.cli.{_name}")
 

@@ -60,8 +60,9 @@ def bench(
         None,
         callback=_check_backends,
         help="Comma list of torch, ort-fp32, ort-fp16, ort-int8, trt-fp32, trt-fp16, trt-int8, "
-        "ort-*-cuda, qdq-int8-exact (default: every built-in; ort-*-cuda where ONNX Runtime "
-        "has CUDA).",
+        "ort-*-cuda, qdq-int8-exact, triton://HOST:PORT/MODEL (a model on a Triton Inference "
+        "Server, its latency with the network) (default: every built-in; ort-*-cuda where "
+        "ONNX Runtime has CUDA).",
     ),
     batch_sizes: str = typer.Option("1,8,32", help="Comma list of batch sizes to time."),
     warmup: int = typer.Option(

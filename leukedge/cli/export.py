@@ -74,6 +74,29 @@ def export(
     parity_side: int | None = typer.Option(
         None, min=8, help="Short side of the stored crops (default 128, at least the input size)."
     ),
+    triton_repo: Path | None = typer.Option(
+        None,
+        "--triton-repo",
+        help="Also write a Triton Inference Server model repository here (ONNX files and the "
+        "TensorRT engines under RUN/engines, each with its config.pbtxt). An exported run is "
+        "not exported again: the repository is written from RUN/export.",
+    ),
+    triton_max_batch: int = typer.Option(
+        32, "--triton-max-batch", min=1, max=4096, help="max_batch_size of the Triton models."
+    ),
+    triton_queue_delay_us: int = typer.Option(
+        500,
+        "--triton-queue-delay-us",
+        min=0,
+        max=10_000_000,
+        help="How long Triton's dynamic batcher waits for more requests (microseconds).",
+    ),
+    triton_instances: int = typer.Option(
+        1, "--triton-instances", min=1, max=64, help="Instances of each Triton model."
+    ),
+    triton_name: str | None = typer.Option(
+        None, "--triton-name", help="Prefix of the Triton model names (default leukedge-<arch>)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print export.json."),
 ) -> None:
     """Export to ONNX: FP32, FP16 (I/O fp32) and INT8 Q/DQ calibrated on the validation split.
@@ -89,12 +112,25 @@ def export(
     from leukedge.progress import RichReporter
     from leukedge.rundir import RunDir
 
+    if triton_repo is not None:
+        from leukedge.artifacts import export_record_path
+        from leukedge.serving.repository import RepoOptions, check_target
+
+        repo_options = RepoOptions(
+            triton_max_batch, triton_queue_delay_us, triton_instances, triton_name
+        )
+        check_target(triton_repo)  # before anything is exported or written
+        if export_record_path(run).is_file():
+            _write_triton_repo(run, triton_repo, repo_options, as_json)
+            return
     RunDir(run).require("spec.json", "checkpoint.pt")  # before torch is imported
 
     args = (run, precision, calib_method, calib_size, opset, data)
     parity: dict[str, Any] = {"parity_images": parity_images, "parity_side": parity_side}
     if as_json:
         print_json(export_run(*args, allow_incompatible=allow_incompatible, **parity))
+        if triton_repo is not None:
+            _write_triton_repo(run, triton_repo, repo_options, as_json=False, quiet=True)
         return
     with RichReporter(console) as rep:
         tasks: dict[str, Any] = {}
@@ -116,6 +152,35 @@ def export(
         console.print(f"[yellow]note:[/] {escape(w)}")
     console.print(f"written to {Path(run) / 'export'} (export.json has every figure)")
     console.print(f"next: leukedge bench {run}   or on a Jetson: leukedge build-engine {run}")
+    if triton_repo is not None:
+        _write_triton_repo(run, triton_repo, repo_options, as_json=False)
+
+
+def _write_triton_repo(
+    run: Path, out: Path, options: Any, as_json: bool, quiet: bool = False
+) -> None:
+    """Write the Triton model repository and say what is in it."""
+    from leukedge.serving.repository import write_repository
+
+    result = write_repository(run, out, options)
+    if quiet:
+        return
+    if as_json:
+        print_json(result.to_dict())
+        return
+    table = Table(title=f"Triton model repository {escape(str(out))}")
+    for col in ("model", "platform", "precision", "max batch"):
+        table.add_column(col)
+    for m in result.models:
+        table.add_row(m["name"], m["platform"], m["precision"], str(m["max_batch"]))
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    first = result.models[0]["name"]
+    console.print(
+        f"start it: tritonserver --model-repository {escape(str(out))}   (README.md inside)\n"
+        f"then: leukedge run {escape(str(run))} --backend triton://HOST:8001/{first} --source ..."
+    )
 
 
 def export_table(record: dict[str, Any]) -> Table:

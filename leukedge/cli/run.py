@@ -94,7 +94,9 @@ def run_command(
         callback=params.backend(),
         help="auto (time every backend that runs here, keep the fastest within its parity "
         "budget) | ort | trt (any precision of one runtime) | one backend, named as "
-        "`leukedge bench` names them: ort-fp32, ort-int8, ort-fp16-cuda, trt-fp16, trt-int8...",
+        "`leukedge bench` names them: ort-fp32, ort-int8, ort-fp16-cuda, trt-fp16, trt-int8... | "
+        "triton://HOST:PORT/MODEL (gRPC) or triton+http://HOST:PORT/MODEL: classify on a Triton "
+        "Inference Server, find cells and preprocess here.",
     ),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N", callback=params.device()),
     out: Path | None = typer.Option(
@@ -259,7 +261,7 @@ def run_command(
                 f"[yellow]report.html not written:[/] {summary['outputs']['report_error']}"
             )
         print_shift_warning(summary.get("domain_shift") or {})  # last, where it is seen
-    if summary["status"] in ("source_error", "failed"):
+    if summary["status"] in ("source_error", "backend_error", "failed"):
         raise typer.Exit(1)
 
 

@@ -336,7 +336,8 @@ class RunStatus:
     """Where a run stands: how it ended (or that it still runs), and when.
 
     ``status`` is "running" until the run ends, then "completed", "stopped",
-    "interrupted", "source_error", "failed" (the disk filled up) or "error";
+    "interrupted", "source_error", "backend_error" (a remote backend stopped
+    answering), "failed" (the disk filled up) or "error";
     ``message`` says why where it is not "completed".
     """
 

@@ -338,7 +338,16 @@ class Pipeline:
         state = self.state
         while True:
             group, end = self._gather()
-            self._classify(group)
+            try:
+                self._classify(group)
+            except Exception as e:  # a remote backend gone for good ends the run like a camera
+                if not getattr(e, "ends_run", False):
+                    raise
+                for work in group:
+                    self.totals.skip(work.index, work.name, f"not classified: {e}")
+                state.status, state.message = "backend_error", str(e)
+                self.capture.stop.set()
+                return
             if end is not None:
                 state.status, state.message = end.status, end.message
                 return

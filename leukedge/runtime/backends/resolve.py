@@ -2,7 +2,8 @@
 
 Names come from :mod:`leukedge.artifacts`: ``auto`` (every candidate), a family
 (``ort``, ``trt``: any precision of it) or one backend (``ort-int8``,
-``ort-fp16-cuda``, ``trt-fp16``). ``leukedge run --backend``, ``leukedge bench
+``ort-fp16-cuda``, ``trt-fp16``) or a model on a Triton Inference Server
+(``triton://HOST:PORT/MODEL``). ``leukedge run --backend``, ``leukedge bench
 --backends`` and ``Classifier.load(backend=...)`` all come through here, so a
 name means the same thing everywhere (cf. Polygraphy's loaders beside their runners).
 """
@@ -19,6 +20,8 @@ from leukedge.artifacts import (
     AUTO,
     ENGINE_AUTO_ORDER,
     ORT_AUTO_ORDER,
+    SPEC_FILE,
+    TRITON,
     BackendName,
     artifact,
     export_dir_of,
@@ -91,6 +94,27 @@ def open_ort(
     )
 
 
+def local_spec(model: Path) -> ModelSpec | None:
+    """The ModelSpec of a run dir, export folder or ``.onnx`` (None for anything else)."""
+    from leukedge.runtime.backends.ort import spec_from_onnx
+
+    if is_run_dir(model):
+        return ModelSpec.load(model / SPEC_FILE)
+    if model.is_file() and model.suffix.lower() == ".onnx":
+        return spec_from_onnx(model)
+    if is_export_dir(model):
+        first = next(p for p in sorted(model.glob("model.*.onnx")))
+        return spec_from_onnx(first)
+    return None
+
+
+def open_triton(url: str, model: Path, expected_spec: ModelSpec | None = None) -> Backend:
+    """The Triton backend for ``url``, preprocessing as the local ``model`` says."""
+    from leukedge.runtime.backends.triton import TritonBackend
+
+    return TritonBackend(url, spec=expected_spec or local_spec(model))
+
+
 def open_named(
     name: str | BackendName,
     model_dir: str | Path,
@@ -105,6 +129,8 @@ def open_named(
     parsed = name if isinstance(name, BackendName) else parse_backend(name)
     options = options or OpenOptions()
     root = Path(model_dir)
+    if parsed.family == TRITON:
+        return open_triton(parsed.name, root, expected_spec)
     if parsed.family == "ort" and parsed.precision:
         path = onnx_file(root, parsed.precision)
         from leukedge.runtime.backends.ort import spec_from_onnx
@@ -286,9 +312,20 @@ def resolve_candidates(
     if choice.family in ("torch", "qdq"):
         raise BackendError(
             f"{choice.name} is measured by `leukedge bench` only; the runtime runs "
-            "ort-* and trt-* backends"
+            "ort-*, trt-* and triton:// backends"
         )
     device = check_device(device)
+    if choice.family == TRITON:
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise BackendError(
+                f"no model at {path} (give the run dir the server's model came from)"
+            )
+        return (
+            [Candidate(choice.name, choice.name, partial(open_triton, choice.name, path))],
+            [],
+            [],
+        )
     options = options or OpenOptions(gpu=device_index(device))
     path = Path(model).expanduser()
     if path.is_dir():
