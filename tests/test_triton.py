@@ -420,3 +420,48 @@ def test_run_and_bench_against_the_server(
     row = report["backends"][url]
     assert row["parity"]["agreement"] == 1.0 and row["parity"]["max_abs_diff"] < 1e-4
     assert row["device"] == f"grpc://127.0.0.1:{served['grpc']}"
+
+
+# ---------------------------------------------------------------- serve's own checks
+
+
+def test_the_server_gets_this_interpreters_libpython_first() -> None:
+    import sysconfig
+
+    from leukedge.serving.server import libpython_env
+
+    libdir = sysconfig.get_config_var("LIBDIR")
+    soname = sysconfig.get_config_var("INSTSONAME") or ""
+    env = libpython_env({"LD_LIBRARY_PATH": f"/usr/lib:{libdir}", "PATH": "/bin"})
+    if libdir and ".so" in soname and (Path(libdir) / soname).exists():
+        assert env["LD_LIBRARY_PATH"] == f"{libdir}:/usr/lib"
+    else:  # a static interpreter: nothing to put first
+        assert env["LD_LIBRARY_PATH"] == f"/usr/lib:{libdir}"
+    assert env["PATH"] == "/bin"
+
+
+def test_a_stub_that_cannot_start_is_said_in_one_line(tmp_path: Path) -> None:
+    from leukedge.serving.server import _why_not_started
+
+    error = RuntimeError(
+        "load failed for model 'leukedge-cnn': Traceback (most recent call last):\n"
+        "    if self._lock._recursion_count() > 1:\n"
+        "AttributeError: '_thread.RLock' object has no attribute '_recursion_count'\n"
+    )
+    message = _why_not_started(error, tmp_path / "absent.log")
+    assert "stub could not start" in message and "AttributeError" in message
+    assert "\n" not in message
+    other = _why_not_started(RuntimeError("boom"), tmp_path / "absent.log")
+    assert other.startswith("the Triton server did not start (boom)")
+
+
+def test_serve_refuses_an_environment_pytriton_cannot_serve_from(tmp_path: Path) -> None:
+    from leukedge.serving.server import pytriton_problem
+
+    problem = pytriton_problem()
+    try:
+        import pytriton  # noqa: F401
+    except ImportError:
+        assert problem is not None and "not installed" in problem
+        return
+    assert (problem is None) == (int(np.__version__.split(".")[0]) < 2)

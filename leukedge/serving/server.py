@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import sysconfig
 import tempfile
 import time
@@ -150,7 +151,12 @@ def serve(
         raise BackendUnavailable(problem)
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import (
+        DEFAULT_PROTECTED_ENDPOINTS,
+        Triton,
+        TritonConfig,
+        TritonSecurityConfig,
+    )
 
     clfs = [
         Classifier.load(run, backend, device, batch=options.max_batch)
@@ -194,18 +200,24 @@ def serve(
         ),
     )
     funcs = [batch(infer_function(c)) for c in clfs]
+    # Statistics (request and batch counters) stay readable without PyTriton's token, so a
+    # client can see the batches the server formed; repository, shared memory, trace and
+    # logging stay behind it.
+    security = TritonSecurityConfig(
+        restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"]
+    )
     previous = _on_sigterm(_raise_interrupt)
     try:
-        with Triton(config=config) as triton:
-            triton.bind(
-                model_name=name,
-                infer_func=funcs if len(funcs) > 1 else funcs[0],
-                inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=spec.input_shape)],
-                outputs=[Tensor(name=k, dtype=np.float32, shape=v) for k, v in shapes.items()],
-                config=model_config,
-                strict=True,
-            )
-            try:
+        with Triton(config=config, security_config=security) as triton:
+            try:  # the server is up once the context is entered: bind loads the model
+                triton.bind(
+                    model_name=name,
+                    infer_func=funcs if len(funcs) > 1 else funcs[0],
+                    inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=spec.input_shape)],
+                    outputs=[Tensor(name=k, dtype=np.float32, shape=v) for k, v in shapes.items()],
+                    config=model_config,
+                    strict=True,
+                )
                 triton.run()
             except Exception as e:
                 raise ServeError(_why_not_started(e, log)) from None
@@ -243,16 +255,27 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _why_not_started(e: BaseException, log: Path) -> str:
-    stub = stub_failure(log)
-    text = " ".join(str(e).split())[:300] or type(e).__name__
+    text = " ".join(str(e).split())
+    stub = _stub_line(str(e)) or stub_failure(log)
     if stub:
         return (
             f"the Triton Python-backend stub could not start ({stub}); it links "
-            f"libpython{sysconfig.get_python_version()} and found another build of it than this "
-            f"interpreter's ({sysconfig.get_config_var('LIBDIR')}): use a Python whose shared "
-            "libpython is installed (the system's python3, or pyenv built with "
-            "--enable-shared)"
+            f"libpython{sysconfig.get_python_version()}, and the one it found is not this "
+            f"interpreter's ({sys.executable}, LIBDIR {sysconfig.get_config_var('LIBDIR')}): "
+            "run leukedge from a Python whose shared libpython is installed (the system's "
+            "python3, or pyenv built with --enable-shared)"
         )
     if "address" in text.lower() and "use" in text.lower():
-        return f"a port is already in use ({text}): choose others with --http-port/--grpc-port"
-    return f"the Triton server did not start ({text}); its log: {log}"
+        return (
+            f"a port is already in use ({text[:300]}): choose others with --http-port/--grpc-port"
+        )
+    return f"the Triton server did not start ({text[:300] or type(e).__name__}); its log: {log}"
+
+
+def _stub_line(text: str) -> str | None:
+    """The line of an error that shows the stub ran against another libpython."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    for line in [*(ln for ln in lines if "Error" in ln), *lines]:
+        if "_recursion_count" in line or "libpython" in line:
+            return line[:300]
+    return None
