@@ -327,33 +327,44 @@ def _pytriton_reason() -> str | None:
     return pytriton_problem()
 
 
-@pytest.fixture(scope="module")
-def served(exported_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """`leukedge serve` of the exported run (ort-fp32) in its own process, on free ports."""
+def _start_serve(run: Path, log: Path) -> tuple[subprocess.Popen, list[int]]:
+    """`leukedge serve RUN --backend ort-fp32` in its own process on free ports, once ready."""
     reason = _pytriton_reason()
     if reason:
         pytest.skip(reason)
     ports = [_free_port() for _ in range(3)]
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    cmd = [sys.executable, "-m", "leukedge", "serve", str(exported_run), "--backend", "ort-fp32"]
+    cmd = [sys.executable, "-m", "leukedge", "serve", str(run), "--backend", "ort-fp32"]
     cmd += ["--http-port", str(ports[0]), "--grpc-port", str(ports[1])]
     cmd += ["--metrics-port", str(ports[2]), "--max-batch", "16"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "LEUKEDGE_ORT_THREADS": "1"}
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 90
+    while "serving" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
+            pytest.skip(f"the PyTriton server did not start: {log.read_text()[-600:]}")
+        time.sleep(0.5)
+    return proc, ports
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        deadline = time.monotonic() + 90
-        while "serving" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"the PyTriton server did not start: {log.read_text()[-600:]}")
-            time.sleep(0.5)
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def served(exported_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """`leukedge serve` of the exported run (ort-fp32), for the module."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    proc, ports = _start_serve(exported_run, log)
+    try:
         yield {"grpc": ports[1], "http": ports[0], "proc": proc, "log": log}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 @pytest.mark.slow
@@ -465,3 +476,22 @@ def test_serve_refuses_an_environment_pytriton_cannot_serve_from(tmp_path: Path)
         assert problem is not None and "not installed" in problem
         return
     assert (problem is None) == (int(np.__version__.split(".")[0]) < 2)
+
+
+@pytest.mark.slow
+def test_a_server_that_goes_away_is_retried_then_lost(exported_run: Path, tmp_path: Path) -> None:
+    from leukedge.runtime.backends.triton import TritonBackend
+
+    proc, ports = _start_serve(exported_run, tmp_path / "serve.log")
+    try:
+        spec = ModelSpec.load(exported_run / "spec.json")
+        url = f"triton://127.0.0.1:{ports[1]}/leukedge-cnn"
+        backend = TritonBackend(url, spec=spec, retries=2, retry_wait_s=0.05)
+        x = np.zeros((3, *backend.spec.input_shape), dtype=np.float32)
+        assert backend.infer(x).shape == (3, backend.spec.num_classes)
+    finally:
+        _stop(proc)
+    with pytest.raises(BackendLost, match="after 3 tries"):
+        backend.infer(x)
+    assert backend.retried == 2
+    backend.close()
