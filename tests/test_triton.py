@@ -134,7 +134,7 @@ def repo_run(tmp_path: Path) -> Path:
 
 
 def test_repository_configs_parse_with_tritons_schema(repo_run: Path, tmp_path: Path) -> None:
-    from leukedge.serving.repository import MARKER, RepoOptions, write_repository
+    from leukedge.inference_server.repository import MARKER, RepoOptions, write_repository
 
     out = tmp_path / "repo"
     result = write_repository(repo_run, out, RepoOptions(max_batch=16, queue_delay_us=250))
@@ -163,7 +163,7 @@ def test_repository_configs_parse_with_tritons_schema(repo_run: Path, tmp_path: 
 
 
 def test_an_older_logits_only_export_gets_one_output(tmp_path: Path) -> None:
-    from leukedge.serving.repository import write_repository
+    from leukedge.inference_server.repository import write_repository
 
     run = tmp_path / "run"
     onnx = tiny_onnx(run / "export" / "model.fp32.onnx")
@@ -177,13 +177,13 @@ def test_an_older_logits_only_export_gets_one_output(tmp_path: Path) -> None:
 
 def test_engines_go_under_tensorrt_plan(repo_run: Path, tmp_path: Path) -> None:
     """An engine with its sidecar under RUN/engines/<target>/ becomes a tensorrt_plan model."""
+    from leukedge.inference_server.repository import write_repository
     from leukedge.runtime.backends.engine_plan import (
         BuildFlags,
         EngineSidecar,
         ProfileShapes,
         sidecar_path_for,
     )
-    from leukedge.serving.repository import write_repository
 
     run = repo_run
     spec = ModelSpec.load(run / "spec.json")
@@ -224,7 +224,7 @@ def test_engines_go_under_tensorrt_plan(repo_run: Path, tmp_path: Path) -> None:
 
 
 def test_a_folder_leukedge_did_not_write_is_never_replaced(repo_run: Path, tmp_path: Path) -> None:
-    from leukedge.serving.repository import RepositoryError, write_repository
+    from leukedge.inference_server.repository import RepositoryError, write_repository
 
     foreign = tmp_path / "models"
     foreign.mkdir()
@@ -322,7 +322,7 @@ def test_a_backend_gone_mid_run_ends_it_cleanly_with_everything_written(tmp_path
 
 
 def _pytriton_reason() -> str | None:
-    from leukedge.serving.server import pytriton_problem
+    from leukedge.inference_server.server import pytriton_problem
 
     return pytriton_problem()
 
@@ -357,22 +357,30 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(exported_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """`leukedge serve` of the exported run (ort-fp32), for the module."""
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict]:
+    """`leukedge serve` of the exported run (ort-fp32), for the module.
+
+    Skips before the run is trained where PyTriton cannot serve from this environment.
+    """
+    reason = _pytriton_reason()
+    if reason:
+        pytest.skip(reason)
+    exported_run = request.getfixturevalue("exported_run")
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     proc, ports = _start_serve(exported_run, log)
     try:
-        yield {"grpc": ports[1], "http": ports[0], "proc": proc, "log": log}
+        yield {"grpc": ports[1], "http": ports[0], "proc": proc, "log": log, "run": exported_run}
     finally:
         _stop(proc)
 
 
 @pytest.mark.slow
-def test_served_model_answers_like_local_ort_on_the_parity_set(
-    served: dict, exported_run: Path
-) -> None:
+def test_served_model_answers_like_local_ort_on_the_parity_set(served: dict) -> None:
     from leukedge.runtime.parityset import load_parity_set
 
+    exported_run = served["run"]
     ps = load_parity_set(exported_run)
     crops = [ps.crop(i) for i in range(len(ps))]
     local = Classifier.load(exported_run, backend="ort-fp32", device="cpu")
@@ -394,9 +402,8 @@ def test_served_model_answers_like_local_ort_on_the_parity_set(
 
 
 @pytest.mark.slow
-def test_run_and_bench_against_the_server(
-    served: dict, exported_run: Path, synth_data: Path, tmp_path: Path
-) -> None:
+def test_run_and_bench_against_the_server(served: dict, synth_data: Path, tmp_path: Path) -> None:
+    exported_run = served["run"]
     url = f"triton://127.0.0.1:{served['grpc']}/leukedge-cnn"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     frames_dir = synth_data / "frames"
@@ -439,7 +446,7 @@ def test_run_and_bench_against_the_server(
 def test_the_server_gets_this_interpreters_libpython_first() -> None:
     import sysconfig
 
-    from leukedge.serving.server import libpython_env
+    from leukedge.inference_server.server import libpython_env
 
     libdir = sysconfig.get_config_var("LIBDIR")
     soname = sysconfig.get_config_var("INSTSONAME") or ""
@@ -452,7 +459,7 @@ def test_the_server_gets_this_interpreters_libpython_first() -> None:
 
 
 def test_a_stub_that_cannot_start_is_said_in_one_line(tmp_path: Path) -> None:
-    from leukedge.serving.server import _why_not_started
+    from leukedge.inference_server.server import _why_not_started
 
     error = RuntimeError(
         "load failed for model 'leukedge-cnn': Traceback (most recent call last):\n"
@@ -467,7 +474,7 @@ def test_a_stub_that_cannot_start_is_said_in_one_line(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_an_environment_pytriton_cannot_serve_from(tmp_path: Path) -> None:
-    from leukedge.serving.server import pytriton_problem
+    from leukedge.inference_server.server import pytriton_problem
 
     problem = pytriton_problem()
     try:
@@ -479,9 +486,15 @@ def test_serve_refuses_an_environment_pytriton_cannot_serve_from(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_a_server_that_goes_away_is_retried_then_lost(exported_run: Path, tmp_path: Path) -> None:
+def test_a_server_that_goes_away_is_retried_then_lost(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     from leukedge.runtime.backends.triton import TritonBackend
 
+    reason = _pytriton_reason()
+    if reason:
+        pytest.skip(reason)
+    exported_run = request.getfixturevalue("exported_run")
     proc, ports = _start_serve(exported_run, tmp_path / "serve.log")
     try:
         spec = ModelSpec.load(exported_run / "spec.json")

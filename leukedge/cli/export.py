@@ -114,7 +114,7 @@ def export(
 
     if triton_repo is not None:
         from leukedge.artifacts import export_record_path
-        from leukedge.serving.repository import RepoOptions, check_target
+        from leukedge.inference_server.repository import RepoOptions, check_target
 
         repo_options = RepoOptions(
             triton_max_batch, triton_queue_delay_us, triton_instances, triton_name
@@ -160,7 +160,7 @@ def _write_triton_repo(
     run: Path, out: Path, options: Any, as_json: bool, quiet: bool = False
 ) -> None:
     """Write the Triton model repository and say what is in it."""
-    from leukedge.serving.repository import write_repository
+    from leukedge.inference_server.repository import write_repository
 
     result = write_repository(run, out, options)
     if quiet:

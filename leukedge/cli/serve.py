@@ -52,9 +52,9 @@ def serve(
     Needs the [triton] extra (PyTriton's wheel bundles tritonserver; CPU is enough).
     Example: leukedge serve runs/r50 --backend ort-fp32 --grpc-port 8001
     """
+    from leukedge.inference_server.server import ServeOptions, pytriton_problem
+    from leukedge.inference_server.server import serve as serve_run
     from leukedge.runtime.backends.base import BackendUnavailable
-    from leukedge.serving.server import ServeOptions, pytriton_problem
-    from leukedge.serving.server import serve as serve_run
 
     options = ServeOptions(
         host=host,

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from leukedge.inference_server.repository import default_model_name, preferred_batch_sizes
 from leukedge.runtime.backends.base import BackendUnavailable
 from leukedge.runtime.classifier import Classifier
-from leukedge.serving.repository import default_model_name, preferred_batch_sizes
 from leukedge.spec import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
 from leukedge.validate import UsageError
 
