@@ -266,3 +266,27 @@ def test_training_and_evaluate_write_the_test_predictions(
 def test_cli_compare_help() -> None:
     result = CliRunner().invoke(app, ["compare", "--help"])
     assert result.exit_code == 0 and "--align" in result.output
+
+
+def test_findings_name_the_model_each_significant_test_favours() -> None:
+    from leukedge.compare.markdown import significant_winners, tied_with
+
+    def test(sig: bool, estimate: float) -> dict[str, object]:
+        return {"significant": sig, "estimate": estimate}
+
+    pair = {
+        "a": "cnn",
+        "b": "short",
+        "significant": True,
+        "mcnemar": {"significant": False, "b": 10, "c": 8},
+        "f1_weighted": test(False, 0.013),
+        "auroc": test(True, -0.012),  # A - B < 0: the short run has the higher AUROC
+    }
+    assert significant_winners(pair) == {"auroc": "short"}
+    # cnn has the higher F1 but no test favours it: it is not ranked above short
+    assert tied_with({"pairs": [pair]}, "cnn") == ["cnn", "short"]
+    pair["mcnemar"] = {"significant": True, "b": 30, "c": 5}
+    assert significant_winners(pair) == {"mcnemar": "cnn", "auroc": "short"}
+    assert tied_with({"pairs": [pair]}, "cnn") == ["cnn", "short"]  # the tests disagree
+    pair["auroc"] = test(False, -0.012)
+    assert tied_with({"pairs": [pair]}, "cnn") == ["cnn"]

@@ -49,11 +49,26 @@ def best_model(report: dict[str, Any]) -> str:
     return max(report["metrics"], key=key)
 
 
+def significant_winners(pair: dict[str, Any]) -> dict[str, str]:
+    """For each test significant after Holm's correction, the model it favours."""
+    a, b = pair["a"], pair["b"]
+    out = {}
+    for key in TESTS:
+        if not pair[key]["significant"]:
+            continue
+        if key == "mcnemar":  # b: images only A got right, c: only B
+            out[key] = a if pair[key]["b"] > pair[key]["c"] else b
+        else:  # the estimate is A - B
+            out[key] = a if (pair[key]["estimate"] or 0.0) > 0 else b
+    return out
+
+
 def tied_with(report: dict[str, Any], best: str) -> list[str]:
-    """``best`` and every model no test separates from it after Holm's correction."""
+    """``best`` and every model the tests do not rank below it (Holm-corrected): no
+    significant test, or significant tests that disagree."""
     tied = [best]
     for p in report["pairs"]:
-        if best in (p["a"], p["b"]) and not p["significant"]:
+        if best in (p["a"], p["b"]) and set(significant_winners(p).values()) != {best}:
             tied.append(p["b"] if p["a"] == best else p["a"])
     return tied
 
@@ -94,25 +109,28 @@ def findings(report: dict[str, Any]) -> list[str]:
             f"McNemar {_mcnemar(p['mcnemar'])}"
         )
         if p["significant"]:
-            which = [TESTS[k] for k in TESTS if p[k]["significant"]]
-            better = p["a"] if (d["estimate"] or 0.0) >= 0 else p["b"]
-            lines.append(
-                f"- {p['a']} vs {p['b']}: **significant** ({', '.join(which)}); "
-                f"{better} is better. {parts}."
-            )
+            winners = significant_winners(p)
+            which = ", ".join(f"{TESTS[k]}: {w}" for k, w in winners.items())
+            if len(set(winners.values())) == 1:
+                verdict = f"{next(iter(winners.values()))} is better"
+            else:
+                verdict = "the tests disagree on which is better"
+            lines.append(f"- {p['a']} vs {p['b']}: **significant** ({which}); {verdict}. {parts}.")
         else:
             lines.append(f"- {p['a']} vs {p['b']}: not significant. {parts}.")
     tied = tied_with(report, best)
     name, why = cheapest(report, tied)
     if len(tied) == 1:
         lines.append(
-            f"- Reading: {best} is better than every other model by at least one test; "
+            f"- Reading: {best} is significantly better than every other model by at least "
+            "one test; "
             f"its cost: {why}."
         )
     else:
         lines.append(
-            f"- Reading: no test separates {', '.join(tied)} after Holm's correction; these "
-            f"data cannot rank them. The cheapest of them is **{name}** ({why})."
+            f"- Reading: no test shows {best} better than {', '.join(tied[1:])} after Holm's "
+            f"correction; these data cannot rank them. The cheapest of them is **{name}** "
+            f"({why})."
         )
     return lines
 
