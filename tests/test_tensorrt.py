@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from leukedge.artifacts import ENGINE_AUTO_ORDER
 from leukedge.export import tensorrt as tx
+from leukedge.export.trt_build import strongly_typed_flags
 from leukedge.io import sha256_file
 from leukedge.runtime.backends import cuda_mem
 from leukedge.runtime.backends import engine_plan as ep
@@ -421,6 +422,7 @@ def test_source_names_only_tensorrt_that_exists(version: str) -> None:
     classes = {**api["classes"], **api["enums"]}
     files = [
         REPO / "leukedge/export/tensorrt.py",
+        REPO / "leukedge/export/trt_build.py",
         REPO / "leukedge/runtime/backends/trt.py",
     ]
     used = set().union(*(_trt_uses(f) for f in files))
@@ -743,7 +745,7 @@ def test_fake_dla_refuses_a_dynamic_profile(monkeypatch: pytest.MonkeyPatch, run
     fake = install(monkeypatch, FakeTensorRT("11.4", dla_cores=1), ORIN)
     trt = fake.trt
     builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
-    network = builder.create_network(tx.strongly_typed_flags(trt))
+    network = builder.create_network(strongly_typed_flags(trt))
     assert trt.OnnxParser(network, trt.Logger()).parse_from_file(
         str(run_dir / "export" / "model.fp16.onnx")
     )
