@@ -336,9 +336,6 @@ def test_red_cells_already_apart_from_strong_nuclei_are_left_alone() -> None:
     red /= np.linalg.norm(red)
     assert FrameStains(red, 0.3, nuclear_p99=0.5).mix() is None
     assert FrameStains(red, 0.3, nuclear_p99=0.2).mix() is not None
-    img = _smear_with_red_cells(60, 12.0, red=RED_REF)
-    est = frame_stains(img)
-    assert est is not None and est.nuclear_p99 > 0.2  # the one white cell's nucleus
 
 
 def test_frame_stains_reads_the_red_cells_of_a_smear() -> None:
@@ -373,5 +370,5 @@ def test_adaptive_is_fixed_on_reference_colours() -> None:
 
 
 def test_an_unknown_stain_is_refused() -> None:
-    with pytest.raises(UsageError, match="stain must be one of fixed, adaptive"):
+    with pytest.raises(UsageError, match="stain must be one of adaptive, fixed"):
         CellFinder(stain="auto")
