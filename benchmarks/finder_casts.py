@@ -223,8 +223,8 @@ def markdown(report: dict[str, Any]) -> str:
         markdown_machine(report["machine"]),
         "",
         "Each frame is re-coloured with the cast, then both finders run on it: **fixed** "
-        "(OD_red - OD_blue, the default) and **adaptive** (`--finder-stain adaptive`: the "
-        "frame's red-cell stain is measured and a frame outside the range the thresholds "
+        "(`--finder-stain fixed`: OD_red - OD_blue as it is) and **adaptive** (the default: "
+        "the frame's red-cell stain is measured and a frame outside the range the thresholds "
         "were tuned on is rotated and scaled back into it). The casts are described in "
         "`benchmarks/finder_casts.py`. Target: each cast within 2 points of the uncast "
         "recall and precision, CPU time within 20 %.",
@@ -303,8 +303,8 @@ def cross_lab_section(report: dict[str, Any]) -> str:
     lines = [
         CROSS_LAB_SECTION,
         "",
-        "The cell finder on the same real frames re-coloured with strong casts, today's "
-        "`fixed` finder against `--finder-stain adaptive` (measured "
+        "The cell finder on the same real frames re-coloured with strong casts, "
+        "`--finder-stain fixed` against the default `adaptive` (measured "
         f"{report['date']}; details, the 224x224 frames and ms per frame in "
         "[finder_casts.md](finder_casts.md)).",
         "",

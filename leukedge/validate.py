@@ -19,9 +19,9 @@ MAX_INPUT_SIZE = 2048
 # White-cell diameter in frame pixels (--cell-diameter-px, or implied by --um-per-px).
 MIN_CELL_DIAMETER_PX = 4.0
 MAX_CELL_DIAMETER_PX = 2000.0
-# How the cell finder tells nuclei from red cells (--finder-stain): its fixed OD_red - OD_blue,
-# or that read through the frame's own red-cell stain (leukedge.runtime.cells.stain).
-FINDER_STAINS = ("fixed", "adaptive")
+# How the cell finder tells nuclei from red cells (--finder-stain): OD_red - OD_blue read
+# through the frame's own red-cell stain (leukedge.runtime.cells.stain; the default), or as is.
+FINDER_STAINS = ("adaptive", "fixed")
 # Microns per camera pixel: 0.01 (beyond any light microscope) to 20 (a 4x lens on a big sensor).
 MIN_UM_PER_PX = 0.01
 MAX_UM_PER_PX = 20.0

@@ -152,6 +152,17 @@ def test_finds_every_white_cell_once(smear, kind):
     assert m.recall == 1.0 and m.precision == 1.0, (kind, [c.box for c in cells])
 
 
+def test_drawn_smear_is_read_with_the_fixed_maps(smear):
+    """Its red cells absorb almost no red light, its nuclei are strongly stained: far apart on
+    OD_red - OD_blue already, so the adaptive finder (the default) leaves the maps alone."""
+    frame, _ = smear
+    finder = CellFinder()
+    finder.find(frame)
+    st = finder.last_stains
+    assert finder.stain == "adaptive" and st is not None
+    assert st.separated and st.mix() is None and np.degrees(st.angle) > 10
+
+
 def test_touching_pair_is_split_into_two(smear):
     frame, _ = smear
     cells = CellFinder().find(frame)

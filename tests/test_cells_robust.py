@@ -20,11 +20,13 @@ from leukedge.runtime.cells import (
 from leukedge.runtime.cells.stain import (
     FIXED_MIX,
     REFERENCE_OD,
+    REFERENCE_OD_TARGET,
     REFERENCE_RED,
     FrameStains,
     background_grid,
     frame_stains,
     stain_maps,
+    strength_gain,
 )
 from leukedge.runtime.cells.types import Tuning
 from leukedge.validate import (
@@ -296,8 +298,14 @@ def test_reference_stain_keeps_the_fixed_maps() -> None:
 
 def test_a_dark_stain_is_scaled_back_and_a_turned_one_rotated_back() -> None:
     ref = np.asarray(REFERENCE_RED) / np.linalg.norm(REFERENCE_RED)
-    dark = FrameStains(ref, 2.0 * REFERENCE_OD[1]).mix()
-    assert dark is not None and np.allclose(dark, 0.5 * FIXED_MIX, atol=1e-6)
+    dark_od = 2.0 * REFERENCE_OD[1]
+    dark = FrameStains(ref, dark_od).mix()
+    assert dark is not None
+    assert np.allclose(dark, REFERENCE_OD_TARGET[1] / dark_od * FIXED_MIX, atol=1e-6)
+    pale_od = 0.5 * REFERENCE_OD[0]
+    pale = FrameStains(ref, pale_od).mix()
+    assert pale is not None
+    assert np.allclose(pale, REFERENCE_OD_TARGET[0] / pale_od * FIXED_MIX, atol=1e-6)
     turned = ref * np.array([0.5, 1.0, 1.8])
     turned /= np.linalg.norm(turned)
     est = FrameStains(turned, float(np.mean(REFERENCE_OD)))
@@ -305,6 +313,29 @@ def test_a_dark_stain_is_scaled_back_and_a_turned_one_rotated_back() -> None:
     assert mix is not None and np.degrees(est.angle) > 15
     # the turned red-cell stain reads as red cells again: negative nuclear stain
     assert float(FIXED_MIX[0] @ turned) > 0 > float(mix[0] @ turned)
+
+
+def test_stain_strength_is_brought_back_continuously() -> None:
+    lo, hi = REFERENCE_OD
+    assert strength_gain(lo) == strength_gain(hi) == strength_gain(0.5 * (lo + hi)) == 1.0
+    assert strength_gain(lo - 1e-6) == pytest.approx(1.0, abs=1e-3)
+    assert strength_gain(hi + 1e-6) == pytest.approx(1.0, abs=1e-3)
+    strengths = np.linspace(0.02, 1.5, 300)
+    brought = strengths * np.array([strength_gain(float(s)) for s in strengths])
+    # paler and darker stains are brought into the range, never past the targets
+    assert brought.min() >= lo - 1e-6 and brought.max() <= max(hi, *REFERENCE_OD_TARGET) + 1e-6
+    assert 0.5 * lo * strength_gain(0.5 * lo) == pytest.approx(REFERENCE_OD_TARGET[0])
+    assert 2 * hi * strength_gain(2 * hi) == pytest.approx(REFERENCE_OD_TARGET[1])
+
+
+def test_red_cells_already_apart_from_strong_nuclei_are_left_alone() -> None:
+    """Red cells of almost no red absorbance (far from nuclei on OD_red - OD_blue) next to
+    strongly stained nuclei: the fixed maps tell them apart; weak nuclei still get the
+    rotation, as a pink cast that weakens them needs it."""
+    red = np.array([0.66, 0.75, 0.0])
+    red /= np.linalg.norm(red)
+    assert FrameStains(red, 0.3, nuclear_p99=0.5).mix() is None
+    assert FrameStains(red, 0.3, nuclear_p99=0.2).mix() is not None
 
 
 def test_frame_stains_reads_the_red_cells_of_a_smear() -> None:
@@ -323,7 +354,7 @@ def test_adaptive_finder_under_a_blue_cast() -> None:
     """A blue cast turns red cells violet: read as nuclei by OD_red - OD_blue. The adaptive
     finder reads the frame through its own red-cell stain and finds the one white cell."""
     img = _od_gains(_smear_with_red_cells(60, 12.0, seed=3, red=RED_DARK), (0.4, 1.0, 3.0))
-    assert len(CellFinder().find(img)) > 3  # red cells pass as white cells
+    assert len(CellFinder(stain="fixed").find(img)) > 3  # red cells pass as white cells
     cells = CellFinder(stain="adaptive").find(img)
     assert len(cells) == 1, [c.box for c in cells]
     x, y = cells[0].centroid
@@ -332,12 +363,12 @@ def test_adaptive_finder_under_a_blue_cast() -> None:
 
 def test_adaptive_is_fixed_on_reference_colours() -> None:
     img = _smear_with_red_cells(60, 12.0, red=RED_REF)
-    fixed, adaptive = CellFinder(), CellFinder(stain="adaptive")
+    fixed, adaptive = CellFinder(stain="fixed"), CellFinder()
     a, b = fixed.find(img), adaptive.find(img)
     assert [c.box for c in a] == [c.box for c in b] and len(a) == 1
     assert adaptive.last_stains is not None and adaptive.last_stains.mix() is None
 
 
 def test_an_unknown_stain_is_refused() -> None:
-    with pytest.raises(UsageError, match="stain must be one of fixed, adaptive"):
+    with pytest.raises(UsageError, match="stain must be one of adaptive, fixed"):
         CellFinder(stain="auto")

@@ -563,11 +563,11 @@ def test_cli_run_says_when_the_cell_size_is_a_guess(model_path: Path, tmp_path: 
     src = write_images(tmp_path / "in", ["a.png", "b.png"])
     out = tmp_path / "out"
     args = ["run", str(model_path), "--source", str(src), "--backend", "ort-fp32", "--json"]
-    r = CliRunner().invoke(app, [*args, "--out", str(out), "--finder-stain", "adaptive"])
+    r = CliRunner().invoke(app, [*args, "--out", str(out), "--finder-stain", "fixed"])
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "summary.json").read_text())
     scale = summary["finder"]["scale"]
-    assert summary["finder"]["stain"] == "adaptive"
+    assert summary["finder"]["stain"] == "fixed"
     assert scale["frames"] == 2 and scale["guessed"] == 2
     assert "--um-per-px" in scale["warning"] and "--cell-diameter-px" in scale["warning"]
     assert "warning:" in r.output and "--um-per-px" in r.output
@@ -575,5 +575,7 @@ def test_cli_run_says_when_the_cell_size_is_a_guess(model_path: Path, tmp_path: 
         app, [*args, "--out", str(tmp_path / "given"), "--cell-diameter-px", "12"]
     )
     assert given.exit_code == 0 and "--um-per-px" not in given.output
+    default = json.loads((tmp_path / "given" / "summary.json").read_text())
+    assert default["finder"]["stain"] == "adaptive"  # the default
     bad = CliRunner().invoke(app, [*args, "--finder-stain", "auto"])
     assert bad.exit_code == 2 and "--finder-stain" in bad.output

@@ -121,11 +121,12 @@ def run_command(
         callback=params.um_per_px(),
     ),
     finder_stain: str = typer.Option(
-        "fixed",
+        "adaptive",
         "--finder-stain",
-        help="How the cell finder tells nuclei from red cells: fixed (tuned on two labs' "
-        "stains) | adaptive (read through each frame's own red-cell stain: for a stain, "
-        "lamp or camera far from those; see benchmarks/results/finder_casts.md).",
+        help="How the cell finder tells nuclei from red cells: adaptive (each frame read "
+        "through its own red-cell stain, brought back to the two labs' stains the finder "
+        "was tuned on when its stain, lamp or camera lies far from them) | fixed (every "
+        "frame read as it is; see benchmarks/results/finder_casts.md).",
         callback=params.one_of("--finder-stain", FINDER_STAINS),
     ),
     batch: int = typer.Option(

@@ -22,11 +22,12 @@ How a frame is read (Romanowsky stains: Giemsa, Wright, May-Grünwald-Giemsa):
    lets red through. ``nuclear = OD_red - OD_blue`` is therefore high on nuclei
    and platelets, near zero on the background and negative on red cells;
    ``density = mean OD`` separates any cell material from the background.
-   The thresholds were tuned on two labs' stains. With ``stain="adaptive"`` the
-   frame's own red-cell stain (:func:`frame_stains`: the median OD colour of its
-   stained pixels, most of them red cells) is measured first, and a frame
-   outside the tuned range is rotated and scaled back into it
-   (:meth:`FrameStains.mix`) before these two maps are read.
+   The thresholds were tuned on two labs' stains. With ``stain="adaptive"`` (the
+   default; ``"fixed"`` skips it) the frame's own red-cell stain
+   (:func:`frame_stains`: the median OD colour of its stained pixels, most of
+   them red cells) is measured first, and a frame outside the tuned range is
+   rotated and scaled back into it (:meth:`FrameStains.mix`) before these two
+   maps are read.
 4. **Cells.** Nuclear-stain pixels form the nucleus mask. Cut along the thin pale
    lines between pressed nuclei (:func:`nucleus_cores`), its distance transform
    has one peak per round nuclear body; bodies are grouped into cells

@@ -81,10 +81,11 @@ class CellFinder:
     whole run). With a
     ``spec``, each cell gets ``crop`` from
     :func:`leukedge.imaging.preprocess.crop_cell`, ready for the classifier.
-    ``stain`` is how nuclei are told from red cells: ``"fixed"`` (OD_red - OD_blue,
-    thresholds tuned on BCCD and ALL-IDB1) or ``"adaptive"`` (the same, read through
-    the frame's own red-cell stain: :class:`leukedge.runtime.cells.stain.FrameStains`,
-    for smears stained or photographed unlike those; :attr:`last_stains`).
+    ``stain`` is how nuclei are told from red cells: ``"adaptive"`` (the default:
+    OD_red - OD_blue with thresholds tuned on BCCD and ALL-IDB1, read through the
+    frame's own red-cell stain, :class:`leukedge.runtime.cells.stain.FrameStains`, so
+    that smears stained or photographed unlike those are brought back to them;
+    :attr:`last_stains`) or ``"fixed"`` (the same maps, every frame read as it is).
     ``tuning`` keywords override :class:`Tuning` fields.
     """
 
@@ -93,7 +94,7 @@ class CellFinder:
         cell_diameter_px: float | None = None,
         um_per_px: float | None = None,
         spec: ModelSpec | None = None,
-        stain: str = "fixed",
+        stain: str = "adaptive",
         **tuning: float,
     ) -> None:
         self.stain = choice(stain, "stain", FINDER_STAINS)
@@ -162,7 +163,7 @@ class CellFinder:
         spec: ModelSpec,
         cell_diameter_px: float | None = None,
         um_per_px: float | None = None,
-        stain: str = "fixed",
+        stain: str = "adaptive",
         **tuning: float,
     ) -> CellFinder:
         """A finder whose cells come with classifier-ready crops for ``spec``."""

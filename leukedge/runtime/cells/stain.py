@@ -139,13 +139,26 @@ def stain_maps(
 # The red-cell stain the finder's thresholds were tuned under (BCCD and ALL-IDB1 frames):
 # the median unit OD vector (BGR) of a frame's stained pixels, most of them red cells,
 # averages REFERENCE_RED (95 % of those frames within 13 degrees of it) and their median
-# OD spans REFERENCE_OD (5th-95th percentile); `python benchmarks/finder_casts.py
+# OD spans 0.18-0.38 (5th-95th percentile); `python benchmarks/finder_casts.py
 # --fit-reference` measures them again. Frames within REFERENCE_RED_TOLERANCE are left
 # alone: at 4 degrees uncast BCCD frames lost 3 points of recall; 6 kept them and held
-# more casts within 2 points than 8 (benchmarks/results/finder_casts.md).
+# more casts within 2 points than 8 (benchmarks/results/finder_casts.md). Strengths
+# within REFERENCE_OD are left alone too: its upper edge at 0.36 brings back more 1.7x
+# dark stains than 0.38; at 0.34 uncast BCCD frames lost a cell.
 REFERENCE_RED = (0.60, 0.75, 0.29)
 REFERENCE_RED_TOLERANCE = np.deg2rad(6.0)
-REFERENCE_OD = (0.18, 0.38)
+REFERENCE_OD = (0.18, 0.36)
+# How far a strength below / above REFERENCE_OD is brought at most (strength_gain).
+REFERENCE_OD_TARGET = (0.25, 0.32)
+REFERENCE_OD_PULL = 6.0  # see strength_gain
+# A frame whose red cells read further from nuclei than the reference's (their unit OD
+# vector's OD_red - OD_blue at most SEPARATED_RED; the reference reads -0.31) while its
+# nuclei already read strongly (99th percentile of OD_red - OD_blue over the frame at
+# least SEPARATED_NUCLEI; BCCD frames 0.34-0.59, pink casts that weaken nuclei 0.25-0.38)
+# needs no rotation: nothing is mistaken for what it is not. leukedge's synthetic smears
+# (red cells of almost no red absorbance, leukedge.data.synth) are such frames.
+SEPARATED_RED = -0.5
+SEPARATED_NUCLEI = 0.45
 FIXED_MIX = np.array([[-1.0, 0.0, 1.0], [1 / 3, 1 / 3, 1 / 3]], np.float32)  # OD_r - OD_b, mean OD
 STAINED_OD = 0.06  # pixels with less OD (vector norm) than this are slide, not stain
 _MIN_STAINED = 200  # fewer stained pixels: nothing to read the stain from
@@ -159,6 +172,15 @@ class FrameStains:
 
     red: np.ndarray
     red_od: float
+    nuclear_p99: float = 0.0  # 99th percentile of OD_red - OD_blue over the frame
+
+    @property
+    def separated(self) -> bool:
+        """Red cells read further from nuclei than the reference's and nuclei read strongly:
+        the fixed nuclear stain tells them apart as it is (no rotation)."""
+        return float(FIXED_MIX[0] @ self.red) <= SEPARATED_RED and (
+            self.nuclear_p99 >= SEPARATED_NUCLEI
+        )
 
     @property
     def angle(self) -> float:
@@ -172,14 +194,17 @@ class FrameStains:
 
         The frame's OD space is rotated (about the axis normal to both) so that its
         red-cell stain comes within ``REFERENCE_RED_TOLERANCE`` of the reference,
-        and scaled so that its stain strength comes within ``REFERENCE_OD``; then
-        read as :data:`FIXED_MIX` reads it. A frame already within both (the labs
-        the finder was tuned on) keeps the fixed maps exactly: None. Rotating the whole
+        and scaled by :func:`strength_gain`; then read as :data:`FIXED_MIX` reads it.
+        A frame already within both (the labs the finder was tuned on), or one whose
+        red cells and nuclei lie apart already (:attr:`separated`), keeps the fixed
+        maps exactly: None. Rotating the whole
         space moves nuclei with the red cells: a cast that turns red cells violet
         (read as nuclei by OD_red - OD_blue) turns nuclei further violet too.
         """
         ref = np.asarray(REFERENCE_RED, np.float64)
         ref /= np.linalg.norm(ref)
+        if self.separated:
+            return None
         theta = max(0.0, self.angle - REFERENCE_RED_TOLERANCE)
         axis = np.cross(self.red, ref)
         norm = float(np.linalg.norm(axis))
@@ -188,11 +213,29 @@ class FrameStains:
             k = axis / norm
             kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
             rot = np.eye(3) + np.sin(theta) * kx + (1 - np.cos(theta)) * (kx @ kx)
-        lo, hi = REFERENCE_OD
-        gain = float(np.clip(self.red_od, lo, hi) / max(self.red_od, 1e-6))
+        gain = strength_gain(self.red_od)
         if theta == 0 and gain == 1.0:
             return None
         return (FIXED_MIX.astype(np.float64) @ (gain * rot)).astype(np.float32)
+
+
+def strength_gain(red_od: float) -> float:
+    """OD gain that brings a frame's red-cell stain strength back to where the thresholds work.
+
+    Within ``REFERENCE_OD`` none. Outside it the frame is taken for a paler or
+    darker stain (or a flatter camera) of a smear like the reference ones, the more
+    surely the further out: the strength is brought back ``REFERENCE_OD_PULL``
+    times its distance beyond the range (continuous at the range's edges), at most
+    to ``REFERENCE_OD_TARGET`` (below, above). Clipping to the range's edges only
+    left half and 1.7x stains well outside what the thresholds expect.
+    """
+    lo, hi = REFERENCE_OD
+    od = max(red_od, 1e-6)
+    if od < lo:
+        return min(REFERENCE_OD_TARGET[0], lo + REFERENCE_OD_PULL * (lo - od)) / od
+    if od > hi:
+        return max(REFERENCE_OD_TARGET[1], hi - REFERENCE_OD_PULL * (od - hi)) / od
+    return 1.0
 
 
 def optical_densities(img: np.ndarray, bg: np.ndarray) -> np.ndarray:
@@ -228,4 +271,10 @@ def frame_stains(img: np.ndarray, bg: np.ndarray | None = None) -> FrameStains |
     red_norm = float(np.linalg.norm(red))
     if not red_norm > 0:
         return None
-    return FrameStains(red / red_norm, float(np.partition(strength, mid)[mid]))
+    nuclear = od[:, 2] - od[:, 0]
+    k99 = int(0.99 * (len(nuclear) - 1))
+    return FrameStains(
+        red / red_norm,
+        float(np.partition(strength, mid)[mid]),
+        float(np.partition(nuclear, k99)[k99]),
+    )
