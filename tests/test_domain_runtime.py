@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from stub_finders import TwoCells
 
 from leukedge.export.onnx_export import export_onnx
 from leukedge.runtime.backends.ort import OrtBackend
@@ -156,33 +157,10 @@ def frames(n: int):
         yield Frame(i, f"f{i:03d}", rng.integers(0, 255, (64, 80, 3), dtype=np.uint8), None, 0.0)
 
 
-class fixed_finder:  # noqa: N801 (used like a factory)
-    """Two cells per frame, one in each half, no segmentation."""
-
-    cell_diameter_px = None
-    um_per_px = None
-
-    def find(self, frame: np.ndarray) -> list:
-        from leukedge.runtime.cells import Cell
-
-        h, w = frame.shape[:2]
-        boxes = [(0, 0, w // 2, h // 2), (w // 2, h // 2, w, h)]
-        return [
-            Cell(
-                box=b,
-                centroid=((b[0] + b[2]) / 2, (b[1] + b[3]) / 2),
-                mask=np.ones((b[3] - b[1], b[2] - b[0]), bool),
-                area=(b[3] - b[1]) * (b[2] - b[0]),
-                touches_edge=True,
-            )
-            for b in boxes
-        ]
-
-
 def test_pipeline_reports_shift_calibration_and_adjusted_ratio(
     clf: Classifier, tmp_path: Path
 ) -> None:
-    s = run_pipeline(clf, frames(3), tmp_path, finder=fixed_finder(), annotate=False)
+    s = run_pipeline(clf, frames(3), tmp_path, finder=TwoCells(), annotate=False)
     shift = s["domain_shift"]
     assert shift["available"] and shift["cells_scored"] == 6 and shift["flagged"] == 6
     assert shift["warning"] == WARNING  # threshold 1e-9: everything is "out of distribution"
@@ -199,7 +177,7 @@ def test_pipeline_reports_shift_calibration_and_adjusted_ratio(
 
 def test_in_distribution_run_has_no_warning(clf: Classifier, tmp_path: Path) -> None:
     calm = Classifier(clf.backend, clf.selection, shift=shift_for(256, threshold=1e12))
-    s = run_pipeline(calm, frames(2), tmp_path, finder=fixed_finder(), annotate=False)
+    s = run_pipeline(calm, frames(2), tmp_path, finder=TwoCells(), annotate=False)
     assert s["domain_shift"]["flagged"] == 0 and s["domain_shift"]["warning"] is None
 
 
@@ -210,7 +188,7 @@ def test_models_exported_before_features_still_run(old_style: Path, tmp_path: Pa
         c.shift = shift_for(256, 1.0)  # even with a shift model beside it
         logits, feats = c.infer_outputs(images(2))
         assert logits.shape == (2, 2) and feats is None
-        s = run_pipeline(c, frames(2), tmp_path, finder=fixed_finder(), annotate=False)
+        s = run_pipeline(c, frames(2), tmp_path, finder=TwoCells(), annotate=False)
     assert s["frames"]["processed"] == 2 and s["cells"]["total"] == 4
     assert s["domain_shift"]["available"] is False
     assert "features" in s["domain_shift"]["reason"]

@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from stub_finders import TwoCells
 
 from leukedge.io import OutputError
 from leukedge.runtime.cells import Cell
@@ -72,27 +73,6 @@ def clf(model_path: Path) -> Iterator[Classifier]:
     c = Classifier.load(model_path, backend="ort", device="cpu")
     yield c
     c.close()
-
-
-class TwoCells:
-    """A finder that reports two cells per frame (no segmentation in these tests)."""
-
-    cell_diameter_px = None
-    um_per_px = None
-
-    def find(self, frame: np.ndarray) -> list[Cell]:
-        h, w = frame.shape[:2]
-        boxes = [(0, 0, w // 2, h // 2), (w // 2, h // 2, w, h)]
-        return [
-            Cell(
-                box=b,
-                centroid=((b[0] + b[2]) / 2, (b[1] + b[3]) / 2),
-                mask=np.ones((b[3] - b[1], b[2] - b[0]), bool),
-                area=(b[3] - b[1]) * (b[2] - b[0]),
-                touches_edge=True,
-            )
-            for b in boxes
-        ]
 
 
 def frames(n: int) -> Iterator[Frame]:

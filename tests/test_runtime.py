@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import MakeRun
+from stub_finders import TwoCells
 
 from leukedge.runtime.backends.base import BackendError
 from leukedge.runtime.cells import Cell
@@ -91,27 +92,6 @@ def assert_consistent(out: Path, summary: dict[str, Any]) -> None:
     for r in lines:
         assert set(r) >= {"frame", "name", "box", "centroid", "class", "probs", "touches_edge"}
         assert abs(sum(r["probs"].values()) - 1.0) < 1e-3
-
-
-class FixedFinder:
-    """A finder that reports two cells per frame at once (pipeline tests without segmentation)."""
-
-    cell_diameter_px = None
-    um_per_px = None
-
-    def find(self, frame: np.ndarray) -> list[Cell]:
-        h, w = frame.shape[:2]
-        boxes = [(0, 0, w // 2, h // 2), (w // 2, h // 2, w, h)]
-        return [
-            Cell(
-                box=b,
-                centroid=((b[0] + b[2]) / 2, (b[1] + b[3]) / 2),
-                mask=np.ones((b[3] - b[1], b[2] - b[0]), bool),
-                area=(b[3] - b[1]) * (b[2] - b[0]),
-                touches_edge=True,
-            )
-            for b in boxes
-        ]
 
 
 def synthetic_frames(n: int, fail_at: int | None = None, exc: BaseException | None = None):
@@ -521,7 +501,7 @@ def test_pipeline_batches_cells_across_frames(clf: Classifier, tmp_path: Path) -
         clf,
         synthetic_frames(12),
         tmp_path,
-        finder=FixedFinder(),
+        finder=TwoCells(),
         batch=8,
         max_wait_s=0.5,
         annotate=False,
@@ -534,7 +514,7 @@ def test_pipeline_batches_cells_across_frames(clf: Classifier, tmp_path: Path) -
 
 def test_source_failing_mid_stream_ends_cleanly(clf: Classifier, tmp_path: Path) -> None:
     frames = synthetic_frames(10, fail_at=4, exc=OSError("camera unplugged"))
-    s = run_pipeline(clf, frames, tmp_path, finder=FixedFinder(), annotate=False)
+    s = run_pipeline(clf, frames, tmp_path, finder=TwoCells(), annotate=False)
     assert s["status"] == "source_error" and "camera unplugged" in s["message"]
     assert s["frames"]["processed"] == 4 and s["cells"]["total"] == 8
     assert_consistent(tmp_path, s)
@@ -542,7 +522,7 @@ def test_source_failing_mid_stream_ends_cleanly(clf: Classifier, tmp_path: Path)
 
 def test_keyboard_interrupt_in_the_source_keeps_everything(clf: Classifier, tmp_path: Path) -> None:
     frames = synthetic_frames(10, fail_at=3, exc=KeyboardInterrupt())
-    s = run_pipeline(clf, frames, tmp_path, finder=FixedFinder())
+    s = run_pipeline(clf, frames, tmp_path, finder=TwoCells())
     assert s["status"] == "interrupted" and s["frames"]["processed"] == 3
     assert_consistent(tmp_path, s)
     assert read_summary(tmp_path)["status"] == "interrupted"
@@ -559,7 +539,7 @@ def test_keyboard_interrupt_in_the_main_loop_keeps_everything(
         clf,
         synthetic_frames(50),
         tmp_path,
-        finder=FixedFinder(),
+        finder=TwoCells(),
         progress=ctrl_c_at_frame_5,
         batch=1,
     )
@@ -577,7 +557,7 @@ def test_ctrl_c_signal_stops_the_run_gracefully(clf: Classifier, tmp_path: Path)
 
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup/CI, the default otherwise
     s = run_pipeline(
-        clf, synthetic_frames(50), tmp_path, finder=FixedFinder(), progress=ctrl_c_at_frame_3
+        clf, synthetic_frames(50), tmp_path, finder=TwoCells(), progress=ctrl_c_at_frame_3
     )
     assert s["status"] == "interrupted" and 3 <= s["frames"]["processed"] < 50
     assert_consistent(tmp_path, s)
@@ -587,7 +567,7 @@ def test_ctrl_c_signal_stops_the_run_gracefully(clf: Classifier, tmp_path: Path)
 def test_pipeline_writes_annotated_video_for_video_sources(clf: Classifier, tmp_path: Path) -> None:
     video = write_video(tmp_path / "clip.mp4", 6, size=(160, 120))
     out = tmp_path / "out"
-    s = run_pipeline(clf, open_source(str(video)), out, finder=FixedFinder())
+    s = run_pipeline(clf, open_source(str(video)), out, finder=TwoCells())
     assert s["status"] == "completed" and s["source"]["end_reason"] == "end of video"
     assert s["outputs"]["annotated"] == "annotated.mp4"
     cap = cv2.VideoCapture(str(out / "annotated.mp4"))
@@ -599,7 +579,7 @@ def test_pipeline_writes_annotated_video_for_video_sources(clf: Classifier, tmp_
 
 
 def test_finder_failure_on_one_frame_is_skipped(clf: Classifier, tmp_path: Path) -> None:
-    class Flaky(FixedFinder):
+    class Flaky(TwoCells):
         def find(self, frame: np.ndarray) -> list[Cell]:
             if frame[0, 0, 0] == 0:
                 raise ValueError("odd frame")

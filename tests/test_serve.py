@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 from badinputs import tiny_onnx
+from stub_finders import TwoCells
 from typer.testing import CliRunner
 
-from leukedge.runtime.cells import Cell
 from leukedge.runtime.classifier import Classifier
 from leukedge.runtime.live import LiveFeed, warnings_of
 from leukedge.runtime.pipeline import run_pipeline
@@ -34,25 +34,6 @@ def clf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Classifier]:
     c = Classifier.load(tiny_onnx(tmp_path_factory.mktemp("m") / "model.fp32.onnx"), "ort", "cpu")
     yield c
     c.close()
-
-
-class TwoCells:
-    cell_diameter_px = None
-    um_per_px = None
-
-    def find(self, frame: np.ndarray) -> list[Cell]:
-        h, w = frame.shape[:2]
-        boxes = [(0, 0, w // 2, h // 2), (w // 2, h // 2, w, h)]
-        return [
-            Cell(
-                box=b,
-                centroid=((b[0] + b[2]) / 2, (b[1] + b[3]) / 2),
-                mask=np.ones((b[3] - b[1], b[2] - b[0]), bool),
-                area=(b[3] - b[1]) * (b[2] - b[0]),
-                touches_edge=False,
-            )
-            for b in boxes
-        ]
 
 
 class FakeSource:
@@ -204,7 +185,11 @@ def test_warnings_are_collected_from_every_block() -> None:
 def test_a_run_feeds_the_page_and_records_it(clf: Classifier, tmp_path: Path) -> None:
     feed = LiveFeed(tmp_path / "out")
     s = run_pipeline(
-        clf, FakeSource(6, live=False, kind="images"), tmp_path / "out", TwoCells(), live=feed
+        clf,
+        FakeSource(6, live=False, kind="images"),
+        tmp_path / "out",
+        TwoCells(touches_edge=False),
+        live=feed,
     )
     assert s["status"] == "completed" and s["live"]["frames_published"] == 6
     view = feed.view()
@@ -219,7 +204,12 @@ def test_a_run_feeds_the_page_and_records_it(clf: Classifier, tmp_path: Path) ->
 def test_the_page_alone_needs_no_annotated_output(clf: Classifier, tmp_path: Path) -> None:
     feed = LiveFeed(tmp_path / "out")
     s = run_pipeline(
-        clf, FakeSource(4, False, "images"), tmp_path / "out", TwoCells(), annotate=False, live=feed
+        clf,
+        FakeSource(4, False, "images"),
+        tmp_path / "out",
+        TwoCells(touches_edge=False),
+        annotate=False,
+        live=feed,
     )
     assert s["cells"]["total"] == 8 and "annotated" not in s["outputs"]
     assert not (tmp_path / "out" / "annotated").exists()
@@ -266,7 +256,7 @@ def slow_writes(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_live_source_drops_annotated_frames_never_cells(
     clf: Classifier, tmp_path: Path, slow_writes: None
 ) -> None:
-    s = run_pipeline(clf, FakeSource(60, live=True), tmp_path / "out", TwoCells())
+    s = run_pipeline(clf, FakeSource(60, live=True), tmp_path / "out", TwoCells(touches_edge=False))
     out = s["outputs"]
     assert s["cells"]["total"] == 120 and s["frames"]["processed"] == 60  # every cell counted
     assert out["annotated_dropped"] > 0
@@ -275,7 +265,12 @@ def test_a_live_source_drops_annotated_frames_never_cells(
 
 
 def test_a_file_source_never_drops(clf: Classifier, tmp_path: Path, slow_writes: None) -> None:
-    s = run_pipeline(clf, FakeSource(20, live=False, kind="images"), tmp_path / "out", TwoCells())
+    s = run_pipeline(
+        clf,
+        FakeSource(20, live=False, kind="images"),
+        tmp_path / "out",
+        TwoCells(touches_edge=False),
+    )
     out = s["outputs"]
     assert out["annotated_dropped"] == 0 and out["annotated_frames"] == 20
     assert len(list((tmp_path / "out" / "annotated").iterdir())) == 20
@@ -292,7 +287,12 @@ def test_a_write_that_fails_ends_the_run_with_its_reason(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(outputs.AnnotatedImages, "write_encoded", full)
-    s = run_pipeline(clf, FakeSource(10, live=False, kind="images"), tmp_path / "out", TwoCells())
+    s = run_pipeline(
+        clf,
+        FakeSource(10, live=False, kind="images"),
+        tmp_path / "out",
+        TwoCells(touches_edge=False),
+    )
     assert s["status"] == "failed" and "disk" in s["message"].lower()
 
 
