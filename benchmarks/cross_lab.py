@@ -190,7 +190,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"CNN, {result['img_size']} px input, {result['epochs']} epochs, batch 16, seed "
         f"{result['seed']}, ALL-IDB2 split by image 70/15/15 (no subject ids). Each configuration "
         "is trained, exported to ONNX (fp32) and run through the torch-free runtime on the "
-        "cells the cell finder cuts from each set of frames. No cell in BCCD or in ALL-IDB1's "
+        "cells the cell finder (its default, adaptive stain) cuts from each set of frames. No "
+        "cell in BCCD or in ALL-IDB1's "
         "healthy frames is a blast: every ALL call there is wrong. Flagged: the domain-shift "
         "score (threshold: 95th percentile on the validation split) marks the cell out of "
         "distribution. 95% Wilson intervals in brackets.",
