@@ -207,3 +207,18 @@ def test_cli_folds_then_export_one_fold(tmp_path: Path, synth_data: Path) -> Non
     assert again.exit_code == 0 and "done already" in again.output
     bad = CliRunner().invoke(app, [*args[:-2], "--batch-size", "8"])
     assert bad.exit_code == 2 and "batch_size 16 -> 8" in bad.output
+
+
+def test_a_fold_gets_the_spec_a_single_split_run_would(tmp_path: Path, synth_data: Path) -> None:
+    """--stain-norm reaches each fold's spec, its reference measured on that fold's train images."""
+    from leukedge.progress import Reporter
+    from leukedge.spec import ModelSpec
+    from leukedge.train.folds import _fold_spec_and_config, fold_split, make_folds
+
+    dataset = load_dataset(synth_data)
+    folds = make_folds(dataset, 2, seed=0)
+    cfg = _cfg(synth_data, tmp_path / "kf", stain_norm="reinhard")
+    _fold_spec_and_config(cfg, dataset, fold_split(dataset, folds, 0), tmp_path / "f0", Reporter())
+    spec = ModelSpec.load(tmp_path / "f0" / "spec.json")
+    assert spec.stain_norm == "reinhard" and spec.stain_reference
+    assert json.loads((tmp_path / "f0" / "config.json").read_text())["stain_norm"] == "reinhard"

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from leukedge.data.cellscale import estimate_cell_fraction
 from leukedge.data.layouts import load_dataset
 from leukedge.data.records import Dataset, DatasetError, Record
 from leukedge.data.splits import Split, check_no_subject_leak
@@ -48,9 +47,8 @@ from leukedge.progress import Reporter
 from leukedge.rundir import RunDir
 from leukedge.stats import METRICS, bootstrap_interval, resampling_units
 from leukedge.stats.scores import Scorer, point_scores
-from leukedge.train.config import LAYOUT_CROP_STYLE, TrainConfig
-from leukedge.train.loop import RunExistsError, train
-from leukedge.train.models import default_spec
+from leukedge.train.config import TrainConfig
+from leukedge.train.loop import RunExistsError, new_run_spec, train
 
 FOLDS_FILE = "folds.json"
 VAL_FRACTION = 0.15  # of the training folds, by subject, for early stopping
@@ -228,23 +226,7 @@ def _fold_spec_and_config(
 ) -> None:
     """split.json, spec.json and config.json of a fold, as a new run would write them."""
     fold_cfg = TrainConfig.from_dict({**cfg.to_dict(), "out": str(fold_dir)})
-    crop_style = cfg.crop_style or LAYOUT_CROP_STYLE.get(dataset.layout, "context")
-    if cfg.cell_fraction is None:
-        fraction, measured = estimate_cell_fraction(
-            split.records(dataset, "train"), crop_style, seed=cfg.seed
-        )
-        reporter.log(f"cell fraction {fraction:.2f} ({crop_style} crops, {measured} images)")
-    else:
-        fraction = cfg.cell_fraction
-    spec = default_spec(
-        cfg.model,
-        dataset.classes,
-        dataset.positive_class,
-        cfg.img_size,
-        crop_style,
-        fraction,
-        dataset=dataset.layout,
-    )
+    fold_cfg, spec = new_run_spec(fold_cfg, dataset, split.records(dataset, "train"), reporter)
     fold_dir.mkdir(parents=True, exist_ok=True)
     split.save(fold_dir / "split.json", dataset)
     spec.save(fold_dir / "spec.json")

@@ -176,23 +176,12 @@ def _resumed_config(cfg: TrainConfig, run: RunDir, explicit: set[str] | None) ->
     return saved
 
 
-def _prepare_run(
-    cfg: TrainConfig,
-    run: RunDir,
-    resume: bool,
-    reporter: Reporter,
-    explicit: set[str] | None = None,
-) -> tuple[TrainConfig, Dataset, Split, ModelSpec]:
-    """Dataset, split and spec: new ones for a new run, the saved ones on resume."""
-    if resume:
-        cfg = _resumed_config(cfg, run, explicit)
-        dataset = load_dataset(cfg.data, cfg.layout)
-        return cfg, dataset, load_split(run.split_path, dataset), run.spec()
-    dataset = load_dataset(cfg.data, cfg.layout)
-    split = make_split(dataset, cfg.split, cfg.seed)
-    for w in split.warnings + dataset.notes:
-        reporter.log(f"note: {w}", "note")
-    train_records = split.records(dataset, "train")
+def new_run_spec(
+    cfg: TrainConfig, dataset: Dataset, train_records: list[Record], reporter: Reporter
+) -> tuple[TrainConfig, ModelSpec]:
+    """The ModelSpec of a new run (a single split or one fold), from its training images:
+    the --init run's spec, or the model's with measured crop geometry and stain reference.
+    With --init the config takes the model and input size from that run."""
     if cfg.init:
         spec = init_spec(cfg.init, dataset.classes, dataset.layout)
         cfg.model, cfg.img_size = spec.arch, spec.input_size
@@ -206,7 +195,7 @@ def _prepare_run(
                 f"--init {cfg.init} normalises stains by {spec.stain_norm!r}: a fine-tuned "
                 f"model keeps it (drop --stain-norm {cfg.stain_norm})"
             )
-        return cfg, dataset, split, spec
+        return cfg, spec
     crop_style = cfg.crop_style or LAYOUT_CROP_STYLE.get(dataset.layout, "context")
     if cfg.cell_fraction is None:
         fraction, measured = estimate_cell_fraction(train_records, crop_style, seed=cfg.seed)
@@ -230,6 +219,26 @@ def _prepare_run(
             f"stain normalisation {cfg.stain_norm}: reference from "
             f"{spec.stain_reference.get('images') if spec.stain_reference else 0} train images"
         )
+    return cfg, spec
+
+
+def _prepare_run(
+    cfg: TrainConfig,
+    run: RunDir,
+    resume: bool,
+    reporter: Reporter,
+    explicit: set[str] | None = None,
+) -> tuple[TrainConfig, Dataset, Split, ModelSpec]:
+    """Dataset, split and spec: new ones for a new run, the saved ones on resume."""
+    if resume:
+        cfg = _resumed_config(cfg, run, explicit)
+        dataset = load_dataset(cfg.data, cfg.layout)
+        return cfg, dataset, load_split(run.split_path, dataset), run.spec()
+    dataset = load_dataset(cfg.data, cfg.layout)
+    split = make_split(dataset, cfg.split, cfg.seed)
+    for w in split.warnings + dataset.notes:
+        reporter.log(f"note: {w}", "note")
+    cfg, spec = new_run_spec(cfg, dataset, split.records(dataset, "train"), reporter)
     return cfg, dataset, split, spec
 
 
