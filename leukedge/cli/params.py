@@ -49,32 +49,31 @@ def device(name: str = "--device") -> Check:
     return _edge(name, lambda v: validate.device_name(v, name))
 
 
-def precisions(name: str = "--precision") -> Check:
-    """A comma list of fp32, fp16, int8 (kept as text: the library parses it again)."""
-    from leukedge.artifacts import parse_precisions
+def _parsed_by(name: str, parse: Callable[[str], Any]) -> Check:
+    """Text that ``parse`` accepts, kept as text (the library parses it again)."""
 
     def check(text: str) -> str:
         try:
-            parse_precisions(text)
+            parse(text)
         except ValueError as e:
             raise validate.UsageError(str(e)) from None
         return text
 
     return _edge(name, check)
+
+
+def precisions(name: str = "--precision") -> Check:
+    """A comma list of fp32, fp16, int8."""
+    from leukedge.artifacts import parse_precisions
+
+    return _parsed_by(name, parse_precisions)
 
 
 def backend(name: str = "--backend") -> Check:
     """One backend name as ``leukedge bench`` names them (auto, ort, trt, ort-int8, ...)."""
     from leukedge.artifacts import parse_backend
 
-    def check(text: str) -> str:
-        try:
-            parse_backend(text)
-        except ValueError as e:
-            raise validate.UsageError(str(e)) from None
-        return text
-
-    return _edge(name, check)
+    return _parsed_by(name, parse_backend)
 
 
 def cell_diameter(name: str = "--cell-diameter-px") -> Check:
