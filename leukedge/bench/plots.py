@@ -10,24 +10,9 @@ as PNG bytes for an atomic write.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def png_bytes(figure: Any) -> bytes:
-    """A matplotlib figure as PNG bytes (written atomically by the caller)."""
-    buf = io.BytesIO()
-    figure.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    return buf.getvalue()
+from leukedge.plotting import figure_png, pyplot
 
 
 def _plain_ticks(ax: Any) -> None:
@@ -55,7 +40,7 @@ def _series(row: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
 
 def latency_png(report: dict[str, Any]) -> bytes:
     """p50 latency per batch and images/s against batch size, per measured backend."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(11, 4.2))
     drawn = 0
     for name, row in report["backends"].items():
@@ -81,9 +66,7 @@ def latency_png(report: dict[str, Any]) -> bytes:
         ax_lat.text(0.5, 0.5, "no latency measured", ha="center", transform=ax_lat.transAxes)
     run = report["run"]
     fig.suptitle(f"{run['name']} ({run['arch']}): latency on {_machine_label(report)}")
-    data = png_bytes(fig)
-    plt.close(fig)
-    return data
+    return figure_png(fig)
 
 
 def _machine_label(report: dict[str, Any]) -> str:
@@ -120,7 +103,7 @@ COLOURS = {"pass": "tab:green", "fail": "tab:red", "reference": "tab:blue", "non
 
 def parity_png(report: dict[str, Any]) -> bytes:
     """Accuracy change (points) against speed-up over the reference, per backend."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8))
     points = parity_points(report)
     for name, sp, dacc, status in points:
@@ -145,9 +128,7 @@ def parity_png(report: dict[str, Any]) -> bytes:
         fig.text(0.01, -0.02, caption, fontsize=8, va="top")
     run = report["run"]
     ax.set_title(f"{run['name']}: accuracy change vs speed-up ({report['data']['images']} images)")
-    data = png_bytes(fig)
-    plt.close(fig)
-    return data
+    return figure_png(fig)
 
 
 def _parity_only_caption(report: dict[str, Any]) -> str:

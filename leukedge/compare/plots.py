@@ -8,33 +8,17 @@ confusion matrices side by side.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
 
 from leukedge.compare.runs import Aligned
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    return buf.getvalue()
+from leukedge.plotting import figure_png, pyplot
 
 
 def pareto_png(points: list[dict[str, Any]]) -> bytes:
     """Weighted F1 against batch-1 latency (log axis); the Pareto front drawn as a step line."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     models = sorted({p["model"] for p in points})
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
@@ -80,13 +64,13 @@ def pareto_png(points: list[dict[str, Any]]) -> bytes:
     ax.set_ylabel("weighted F1 (95% interval)")
     ax.set_title("accuracy vs latency (filled: Pareto-optimal)")
     ax.grid(True, alpha=0.3)
-    return _png(fig)
+    return figure_png(fig, dpi=110)
 
 
 def roc_png(data: Aligned, auroc: dict[str, dict[str, Any]]) -> bytes:
     from sklearn.metrics import roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     y = data.labels == data.positive_index
     for name, probs in data.probs.items():
@@ -100,11 +84,11 @@ def roc_png(data: Aligned, auroc: dict[str, dict[str, Any]]) -> bytes:
     ax.set_title(f"ROC, {data.n} images")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_aspect("equal")
-    return _png(fig)
+    return figure_png(fig, dpi=110)
 
 
 def confusion_png(data: Aligned) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     names = list(data.probs)
     fig, axes = plt.subplots(1, len(names), figsize=(2.8 * len(names), 2.9), squeeze=False)
     k = len(data.classes)
@@ -123,4 +107,4 @@ def confusion_png(data: Aligned) -> bytes:
         ax.set_title(name, fontsize=9)
     axes[0][0].set_ylabel("true")
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig, dpi=110)

@@ -7,20 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from leukedge.io import atomic_file
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from leukedge.plotting import pyplot
 
 
 def plot_curves(history: list[dict], path: str | Path) -> Path:
     """Loss (train/val) and validation accuracy, weighted F1 and AUROC per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
@@ -48,7 +40,7 @@ def plot_curves(history: list[dict], path: str | Path) -> Path:
 def plot_confusion(
     confusion: list[list[int]], classes: list[str], path: str | Path, title: str = "test"
 ) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(confusion)
     fig, ax = plt.subplots(figsize=(4, 3.6))
     ax.imshow(cm, cmap="Blues")
@@ -78,7 +70,7 @@ def plot_reliability(
     before: list[dict], after: list[dict], path: str | Path, title: str = "test"
 ) -> Path:
     """Reliability diagram: accuracy against confidence, before and after temperature scaling."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.4, 4))
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
     for rows, label, marker in ((before, "raw", "o"), (after, "temperature-scaled", "s")):
